@@ -1,0 +1,47 @@
+"""Lifecycle phases and the reasons that explain them, as users read them in `kubectl get/describe`."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    PROCESSING = "Processing"
+    RETRYING = "Retrying"
+    COMPLETED = "Completed"
+    DEAD_LETTERED = "DeadLettered"
+    REJECTED = "Rejected"
+    SUSPENDED = "Suspended"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_PHASES
+
+    @property
+    def active(self) -> bool:
+        """Waiting for or holding an attempt: the phases the queue must contain."""
+        return self in (Phase.QUEUED, Phase.PROCESSING, Phase.RETRYING)
+
+
+TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.DEAD_LETTERED, Phase.REJECTED})
+
+
+class Reason(StrEnum):
+    ADMITTED = "Admitted"
+    DELAYED = "Delayed"
+    SUSPENDED = "Suspended"
+    STARTED = "Started"
+    SUCCEEDED = "Succeeded"
+    RETRY_SCHEDULED = "RetryScheduled"
+    ATTEMPTS_EXHAUSTED = "AttemptsExhausted"
+    PERMANENT_FAILURE = "PermanentFailure"
+    LEASE_EXPIRED = "LeaseExpired"
+    INVALID_SPEC = "InvalidSpec"
+    PAYLOAD_TOO_LARGE = "PayloadTooLarge"
+    UNKNOWN_EXECUTOR = "UnknownExecutor"
+    NULLIFIER_IN_USE = "NullifierInUse"
+    NULLIFIER_SPENT = "NullifierSpent"
+    REDRIVEN = "Redriven"
+    CANCELLED = "Cancelled"

@@ -1,0 +1,77 @@
+"""Operator configuration, read from `RELAY_*` environment variables and validated at start-up.
+
+A bad value stops the process with a message naming the variable (see `describe_error`), never a
+traceback: a misconfigured operator must be obvious in `kubectl logs`, not a crash loop of stack traces.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "RELAY_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    redis_url: SecretStr = Field(default=SecretStr("redis://127.0.0.1:6379/0"))
+    database_url: SecretStr = Field(default=SecretStr("postgresql://relay@127.0.0.1:5432/relay"))
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    concurrency: int = Field(default=10, ge=1, le=10_000)
+    redis_pool_max: int = Field(default=20, ge=2, le=10_000)
+    redis_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    db_pool_min: int = Field(default=1, ge=0, le=1000)
+    db_pool_max: int = Field(default=10, ge=1, le=1000)
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    lease_seconds: float = Field(default=15.0, ge=1, le=3600)
+    reconcile_interval_seconds: float = Field(default=30.0, ge=1, le=86400)
+    claim_batch: int = Field(default=64, ge=1, le=10_000)
+    poll_interval_seconds: float = Field(default=0.2, gt=0, le=60)
+    payload_limit_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    status_flush_seconds: float = Field(default=0.2, ge=0, le=60)
+    status_concurrency: int = Field(default=32, ge=1, le=1000)
+    secret_cache_seconds: float = Field(default=10.0, ge=0, le=3600)
+    events_per_second: float = Field(default=20.0, ge=0, le=10_000)
+
+    key_prefix: str = Field(default="relay", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:.-]+$")
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    peering_name: str = Field(default="relayjob-operator", min_length=1)
+    peering_priority: int = Field(default=0)
+    standalone: bool = False
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: str = Field(default="json", pattern=r"^(json|text)$")
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [n.strip() for n in value.split(",") if n.strip()]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _pg_scheme(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// or postgres://")
+        return value
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line per bad setting, each naming the environment variable a user sets."""
+    lines = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        lines.append(f"{ENV_PREFIX}{field.upper()}: {item['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
