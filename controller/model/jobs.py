@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -34,7 +35,8 @@ class JobRow(BaseModel):
     ref: JobRef
     seq: int
     phase: Phase
-    spec: RelayJobSpec
+    # None only for a job rejected because its spec is invalid: the ledger keeps what was written.
+    spec_or_none: RelayJobSpec | None
     generation: int
     nullifier: str | None
     attempts: int
@@ -50,6 +52,16 @@ class JobRow(BaseModel):
     queued_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    run: int = 1
+    version: int = 1
+    deleted: bool = False
+
+    @property
+    def spec(self) -> RelayJobSpec:
+        """The spec of a job that was admitted; every job that can run has one."""
+        if self.spec_or_none is None:
+            raise ValueError(f"{self.ref} was rejected with an invalid spec")
+        return self.spec_or_none
 
 
 class Outcome(StrEnum):
@@ -83,6 +95,22 @@ class AttemptContext(BaseModel):
 
 class SecretReader(Protocol):
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str: ...
+
+
+class ClusterApi(Protocol):
+    """What the runtime needs of the Kubernetes API; `adapters.kube.KubeClient` is the real one."""
+
+    async def patch_status(self, ref: JobRef, status: dict[str, Any]) -> bool: ...
+
+    async def post_event(self, ref: JobRef, kind: str, reason: str, message: str) -> None: ...
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str: ...
+
+    async def list_job_uids(self, namespaces: Iterable[str]) -> set[UUID]: ...
+
+    async def delete_job(self, ref: JobRef) -> bool: ...
+
+    async def close(self) -> None: ...
 
 
 class SecretNotFound(Exception):

@@ -14,6 +14,8 @@ class Phase(StrEnum):
     DEAD_LETTERED = "DeadLettered"
     REJECTED = "Rejected"
     SUSPENDED = "Suspended"
+    # Ledger only: the RelayJob was deleted before it finished; no status is ever written for it.
+    CANCELLED = "Cancelled"
 
     @property
     def terminal(self) -> bool:
@@ -25,7 +27,7 @@ class Phase(StrEnum):
         return self in (Phase.QUEUED, Phase.PROCESSING, Phase.RETRYING)
 
 
-TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.DEAD_LETTERED, Phase.REJECTED})
+TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.DEAD_LETTERED, Phase.REJECTED, Phase.CANCELLED})
 
 
 class Reason(StrEnum):

@@ -88,9 +88,7 @@ class RelayJobSpec(_Spec):
     max_attempts: int = Field(default=5, ge=1, le=100, alias="maxAttempts")
     backoff: Backoff = Field(default_factory=Backoff)
     timeout_seconds: float = Field(default=30.0, gt=0, le=3600, alias="timeoutSeconds")
-    ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, alias="ttlSecondsAfterFinished"
-    )
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, alias="ttlSecondsAfterFinished")
     suspend: bool = False
     target: Target
 

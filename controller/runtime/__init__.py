@@ -1,0 +1,1 @@
+"""Composition: the worker loop, admission, status writing and reconciliation wired to adapters."""

@@ -1,0 +1,1 @@
+"""Executors: one kind of target each, loaded through the `relayjob.executors` entry points."""

@@ -1,0 +1,256 @@
+"""Our own small Kubernetes API client for the hot path: status patches, Events, Secrets, deletes.
+
+kopf's `patch` exists only inside handlers, while status is written from the worker loop; and the
+official client is heavy and synchronous. One aiohttp session, built from the credentials kopf
+logged in with, serves every write this process makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import tempfile
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import aiohttp
+
+from controller.model.jobs import JobRef, SecretNotFound
+
+GROUP, VERSION, PLURAL, KIND = "relay.dev", "v1alpha1", "relayjobs", "RelayJob"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+class Credentials:
+    """The subset of kopf's ConnectionInfo we need, turned into an SSL context and headers."""
+
+    def __init__(
+        self,
+        server: str,
+        *,
+        ca_path: str | None = None,
+        ca_data: bytes | None = None,
+        insecure: bool = False,
+        token: str | None = None,
+        certificate_path: str | None = None,
+        certificate_data: bytes | None = None,
+        private_key_path: str | None = None,
+        private_key_data: bytes | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.headers: dict[str, str] = {}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        elif username and password:
+            basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+            self.headers["Authorization"] = f"Basic {basic}"
+        self.ssl: ssl.SSLContext | bool = True
+        if server.startswith("https"):
+            context = ssl.create_default_context()
+            if insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if ca_path:
+                context.load_verify_locations(cafile=ca_path)
+            if ca_data:
+                context.load_verify_locations(cadata=_pem(ca_data))
+            if certificate_path or certificate_data:
+                with tempfile.TemporaryDirectory() as tmp:
+                    cert = certificate_path or _spill(Path(tmp) / "c", certificate_data)
+                    key = private_key_path or _spill(Path(tmp) / "k", private_key_data)
+                    context.load_cert_chain(cert, key)
+            self.ssl = context
+
+    @classmethod
+    def from_kopf(cls, info: Any) -> Credentials:
+        return cls(
+            info.server,
+            ca_path=info.ca_path,
+            ca_data=info.ca_data,
+            insecure=bool(info.insecure),
+            token=info.token,
+            certificate_path=info.certificate_path,
+            certificate_data=info.certificate_data,
+            private_key_path=info.private_key_path,
+            private_key_data=info.private_key_data,
+            username=info.username,
+            password=info.password,
+        )
+
+
+def _pem(data: bytes | str) -> str:
+    text = data.decode() if isinstance(data, bytes) else data
+    return text if "BEGIN" in text else base64.b64decode(text).decode()
+
+
+def _spill(path: Path, data: bytes | None) -> str:
+    if data is None:
+        raise ValueError("client certificate given without its key")
+    path.write_text(_pem(data))
+    path.chmod(0o600)
+    return str(path)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class KubeClient:
+    def __init__(
+        self,
+        credentials: Credentials,
+        component: str,
+        instance: str,
+        secret_cache_seconds: float,
+        max_connections: int = 64,
+    ) -> None:
+        self.credentials = credentials
+        self.component = component
+        self.instance = instance
+        self._session = aiohttp.ClientSession(
+            base_url=credentials.server,
+            headers=credentials.headers,
+            connector=aiohttp.TCPConnector(ssl=credentials.ssl, limit=max_connections),
+            timeout=aiohttp.ClientTimeout(total=30, connect=5),
+        )
+        self._secret_ttl = secret_cache_seconds
+        self._secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+        self._secret_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One API call; transport failures surface as KubeError with status 0."""
+        try:
+            async with self._session.request(method, path, **kwargs) as response:
+                if response.status >= 300:
+                    body = await response.text()
+                    raise KubeError(response.status, body[:300])
+                if response.content_type == "application/json":
+                    return await response.json()
+                return None
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise KubeError(0, f"{method} {path}: {type(error).__name__}: {error}") from None
+
+    def _job_path(self, ref: JobRef) -> str:
+        return f"/apis/{GROUP}/{VERSION}/namespaces/{ref.namespace}/{PLURAL}/{ref.name}"
+
+    async def patch_status(self, ref: JobRef, status: dict[str, Any]) -> bool:
+        """Merge-patch `.status`; False when the RelayJob (with this uid) no longer exists.
+
+        The uid precondition stops a status meant for a deleted job landing on a new object that
+        reuses its name.
+        """
+        body = {"metadata": {"uid": str(ref.uid)}, "status": status}
+        try:
+            await self._request(
+                "PATCH",
+                self._job_path(ref) + "/status",
+                json=body,
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+        except KubeError as error:
+            if error.status in (404, 409):
+                return False
+            raise
+        return True
+
+    async def delete_job(self, ref: JobRef) -> bool:
+        body = {"preconditions": {"uid": str(ref.uid)}, "propagationPolicy": "Background"}
+        try:
+            await self._request("DELETE", self._job_path(ref), json=body)
+        except KubeError as error:
+            if error.status in (404, 409):
+                return False
+            raise
+        return True
+
+    async def list_job_uids(self, namespaces: Iterable[str]) -> set[UUID]:
+        """Every RelayJob uid that exists, across the watched namespaces (all when empty)."""
+        paths = [f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}" for ns in namespaces] or [
+            f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+        ]
+        found: set[UUID] = set()
+        for path in paths:
+            token: str | None = None
+            while True:
+                params = {"limit": "500", "continue": token} if token else {"limit": "500"}
+                page = await self._request(
+                    "GET",
+                    path,
+                    params=params,
+                    headers={
+                        "Accept": "application/json;as=PartialObjectMetadataList;"
+                        "g=meta.k8s.io;v=v1,application/json"
+                    },
+                )
+                found.update(UUID(item["metadata"]["uid"]) for item in page.get("items", []))
+                token = page.get("metadata", {}).get("continue")
+                if not token:
+                    break
+        return found
+
+    async def post_event(self, ref: JobRef, kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the RelayJob, as `kubectl describe` lists them."""
+        stamp = _now()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{ref.name[:200]}.", "namespace": ref.namespace},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": ref.name,
+                "namespace": ref.namespace,
+                "uid": str(ref.uid),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": stamp[:19] + "Z",
+            "lastTimestamp": stamp[:19] + "Z",
+            "count": 1,
+            "source": {"component": self.component},
+            "reportingComponent": self.component,
+            "reportingInstance": self.instance,
+        }
+        await self._request("POST", f"/api/v1/namespaces/{ref.namespace}/events", json=body)
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        """A Secret's value, cached briefly so a burst of jobs does not read it per attempt."""
+        ident = (namespace, name)
+        lock = self._secret_locks.setdefault(ident, asyncio.Lock())
+        async with lock:
+            cached = self._secrets.get(ident)
+            if cached is None or cached[0] < time.monotonic():
+                try:
+                    secret = await self._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+                except KubeError as error:
+                    if error.status == 404:
+                        raise SecretNotFound(f"Secret {namespace}/{name} not found") from None
+                    if error.status == 403:
+                        raise SecretNotFound(
+                            f"Secret {namespace}/{name} is not readable by the operator (forbidden)"
+                        ) from None
+                    raise
+                data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+                data.update(secret.get("stringData") or {})
+                cached = (time.monotonic() + self._secret_ttl, data)
+                self._secrets[ident] = cached
+        if key not in cached[1]:
+            raise SecretNotFound(f"Secret {namespace}/{name} has no key {key!r}")
+        return cached[1][key]

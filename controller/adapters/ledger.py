@@ -1,0 +1,472 @@
+"""The PostgreSQL ledger: the source of truth for jobs, attempts and nullifiers.
+
+Every state change is one conditional UPDATE: outcomes are fenced by (run, attempt) so a worker
+that lost its lease cannot overwrite what the worker that re-claimed the job recorded, and the
+partial unique index on held nullifiers decides double-spend races.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from controller.model.jobs import JobRef, JobRow
+from controller.model.phases import Phase, Reason
+from controller.model.spec import RelayJobSpec
+
+ACTIVE = (Phase.QUEUED.value, Phase.RETRYING.value, Phase.PROCESSING.value)
+_MIGRATION_LOCK = 0x72656C6179  # "relay": serialises migrations across replicas starting at once
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect(dsn: str, min_size: int, max_size: int, timeout: float) -> asyncpg.Pool:
+    """The process's one asyncpg pool; `acquire` waits for a free connection up to `timeout`."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        timeout=timeout,
+        command_timeout=60,
+    )
+    assert pool is not None
+    return pool
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    folder = resources.files("controller.adapters") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(pool: asyncpg.Pool) -> list[str]:
+    """Apply missing migrations in order, each in its own transaction; returns the names applied."""
+    applied: list[str] = []
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS relay_schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM relay_schema_migrations")}
+            for version, name, sql in migration_files():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO relay_schema_migrations (version, name) VALUES ($1, $2)",
+                        version,
+                        name,
+                    )
+                applied.append(name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied
+
+
+def _spec(record: asyncpg.Record) -> RelayJobSpec | None:
+    if record["phase"] == Phase.REJECTED.value:
+        try:
+            return RelayJobSpec.model_validate(record["spec"])
+        except ValueError:
+            return None
+    return RelayJobSpec.model_validate(record["spec"])
+
+
+def to_row(record: asyncpg.Record) -> JobRow:
+    return JobRow(
+        ref=JobRef(uid=record["uid"], namespace=record["namespace"], name=record["name"]),
+        seq=record["seq"],
+        phase=Phase(record["phase"]),
+        spec_or_none=_spec(record),
+        generation=record["generation"],
+        nullifier=record["nullifier"],
+        attempts=record["attempts"],
+        retries=record["retries"],
+        max_attempts=record["max_attempts"],
+        next_attempt_at=record["next_attempt_at"],
+        last_error=record["last_error"],
+        result=record["result"],
+        reason=record["reason"],
+        message=record["message"],
+        redrive_token=record["redrive_token"],
+        created_at=record["created_at"],
+        queued_at=record["queued_at"],
+        started_at=record["started_at"],
+        finished_at=record["finished_at"],
+        run=record["run"],
+        version=record["version"],
+        deleted=record["deleted_at"] is not None,
+    )
+
+
+@dataclass(frozen=True)
+class Admission:
+    row: JobRow
+    created: bool
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A job that never enters the queue; recorded so that the decision is durable and visible."""
+
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True)
+class StartBatch:
+    started: list[JobRow]
+    exhausted: list[JobRow]
+    stale: list[str]
+
+
+@dataclass(frozen=True)
+class Settle:
+    """One attempt's recorded outcome, fenced by the (run, attempt) it belongs to."""
+
+    uid: UUID
+    run: int
+    attempt: int
+    phase: Phase
+    reason: str
+    message: str
+    outcome: str
+    next_attempt_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+_TOUCH = "version = version + 1, updated_at = now()"
+
+
+class Ledger:
+    def __init__(self, pool: asyncpg.Pool, worker_id: str) -> None:
+        self.pool = pool
+        self.worker_id = worker_id
+
+    async def get(self, uid: UUID) -> JobRow | None:
+        record = await self.pool.fetchrow("SELECT * FROM jobs WHERE uid = $1", uid)
+        return to_row(record) if record else None
+
+    async def get_many(self, uids: Iterable[UUID]) -> dict[UUID, JobRow]:
+        records = await self.pool.fetch("SELECT * FROM jobs WHERE uid = ANY($1::uuid[])", list(uids))
+        return {r["uid"]: to_row(r) for r in records}
+
+    async def admit(
+        self,
+        ref: JobRef,
+        spec: RelayJobSpec,
+        raw_spec: dict[str, Any],
+        generation: int,
+        initial: Phase,
+        reason: Reason,
+        message: str,
+        next_attempt_at: datetime | None,
+    ) -> Admission:
+        """Insert the job once (idempotent by uid), reserving its nullifier if it has one.
+
+        The reservation is the INSERT itself: the partial unique index refuses a second holder,
+        and the loser is recorded as `Rejected` with the holder's state as the reason.
+        """
+        held = "reserved" if spec.nullifier else None
+        async with self.pool.acquire() as conn:
+            for _ in range(5):
+                record = await conn.fetchrow(
+                    "INSERT INTO jobs (uid, namespace, name, generation, spec, phase, nullifier,"
+                    " nullifier_state, max_attempts, next_attempt_at, reason, message, ttl_seconds,"
+                    " queued_at)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+                    " CASE WHEN $6 = 'Queued' THEN now() END)"
+                    " ON CONFLICT DO NOTHING RETURNING *",
+                    ref.uid,
+                    ref.namespace,
+                    ref.name,
+                    generation,
+                    raw_spec,
+                    initial.value,
+                    spec.nullifier,
+                    held,
+                    spec.max_attempts,
+                    next_attempt_at,
+                    reason.value,
+                    message,
+                    spec.ttl_seconds_after_finished,
+                )
+                if record is not None:
+                    return Admission(to_row(record), created=True)
+                existing = await conn.fetchrow("SELECT * FROM jobs WHERE uid = $1", ref.uid)
+                if existing is not None:
+                    return Admission(to_row(existing), created=False)
+                holder = await conn.fetchrow(
+                    "SELECT namespace, name, nullifier_state FROM jobs"
+                    " WHERE nullifier = $1 AND nullifier_state IS NOT NULL",
+                    spec.nullifier,
+                )
+                if holder is None:
+                    continue  # the holder released it between our two statements: try again
+                spent = holder["nullifier_state"] == "spent"
+                why = Reason.NULLIFIER_SPENT if spent else Reason.NULLIFIER_IN_USE
+                text = (
+                    f"nullifier {spec.nullifier!r} is "
+                    f"{'already spent' if spent else 'reserved'} by RelayJob "
+                    f"{holder['namespace']}/{holder['name']}"
+                )
+                return await self._record_refusal(conn, ref, raw_spec, generation, spec, why, text)
+        raise RuntimeError(f"could not admit {ref}: nullifier {spec.nullifier!r} kept changing hands")
+
+    async def refuse(
+        self, ref: JobRef, raw_spec: dict[str, Any], generation: int, refusal: Refusal
+    ) -> Admission:
+        async with self.pool.acquire() as conn:
+            return await self._record_refusal(
+                conn, ref, raw_spec, generation, None, refusal.reason, refusal.message
+            )
+
+    async def _record_refusal(
+        self,
+        conn: asyncpg.Connection,
+        ref: JobRef,
+        raw_spec: dict[str, Any],
+        generation: int,
+        spec: RelayJobSpec | None,
+        reason: Reason,
+        message: str,
+    ) -> Admission:
+        record = await conn.fetchrow(
+            "INSERT INTO jobs (uid, namespace, name, generation, spec, phase, nullifier,"
+            " max_attempts, reason, message, finished_at, ttl_seconds)"
+            " VALUES ($1, $2, $3, $4, $5, 'Rejected', $6, $7, $8, $9, now(), $10)"
+            " ON CONFLICT (uid) DO NOTHING RETURNING *",
+            ref.uid,
+            ref.namespace,
+            ref.name,
+            generation,
+            raw_spec,
+            spec.nullifier if spec else None,
+            spec.max_attempts if spec else 1,
+            reason.value,
+            message,
+            spec.ttl_seconds_after_finished if spec else None,
+        )
+        if record is None:
+            record = await conn.fetchrow("SELECT * FROM jobs WHERE uid = $1", ref.uid)
+            return Admission(to_row(record), created=False)
+        return Admission(to_row(record), created=True)
+
+    async def start_attempts(self, uids: Sequence[str]) -> StartBatch:
+        """Open the next attempt of each claimed job, in one transaction.
+
+        A job still `Processing` here lost its lease (its worker died or froze): its open attempt
+        is closed as `lost`, and if that was its last attempt the job is dead-lettered instead.
+        Ids with no live, active ledger row are stale.
+        """
+        ids = [UUID(u) for u in uids]
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT uid, phase, attempts, max_attempts FROM jobs"
+                " WHERE uid = ANY($1::uuid[]) AND deleted_at IS NULL AND phase = ANY($2::text[])"
+                " FOR UPDATE",
+                ids,
+                list(ACTIVE),
+            )
+            live = {r["uid"]: r for r in rows}
+            stale = [u for u in uids if UUID(u) not in live]
+            relapsed = [u for u, r in live.items() if r["phase"] == Phase.PROCESSING.value]
+            exhausted_ids = [
+                u
+                for u, r in live.items()
+                if r["phase"] == Phase.PROCESSING.value and r["attempts"] >= r["max_attempts"]
+            ]
+            startable = [u for u in live if u not in set(exhausted_ids)]
+            if relapsed:
+                await conn.execute(
+                    "UPDATE attempts a SET outcome = 'lost', reason = 'LeaseExpired',"
+                    " message = 'the worker stopped renewing its lease', finished_at = now()"
+                    " FROM jobs j WHERE j.uid = ANY($1::uuid[]) AND a.job_uid = j.uid"
+                    " AND a.run = j.run AND a.outcome = 'running'",
+                    relapsed,
+                )
+            started = await conn.fetch(
+                f"UPDATE jobs SET phase = 'Processing', attempts = attempts + 1,"
+                f" started_at = now(), next_attempt_at = NULL, reason = 'Started',"
+                f" message = 'attempt ' || (attempts + 1) || ' started', {_TOUCH}"
+                f" WHERE uid = ANY($1::uuid[]) RETURNING *",
+                startable,
+            )
+            if started:
+                await conn.executemany(
+                    "INSERT INTO attempts (job_uid, run, attempt, worker) VALUES ($1, $2, $3, $4)",
+                    [(r["uid"], r["run"], r["attempts"], self.worker_id) for r in started],
+                )
+            exhausted = await conn.fetch(
+                f"UPDATE jobs SET phase = 'DeadLettered', reason = 'AttemptsExhausted',"
+                f" message = attempts || ' of ' || max_attempts || ' attempts used; the last one"
+                f" lost its lease (its worker died or froze)',"
+                f" last_error = 'LeaseExpired: the worker running the attempt stopped renewing"
+                f" its lease', finished_at = now(), nullifier_state = NULL, {_TOUCH}"
+                f" WHERE uid = ANY($1::uuid[]) RETURNING *",
+                exhausted_ids,
+            )
+        return StartBatch([to_row(r) for r in started], [to_row(r) for r in exhausted], stale)
+
+    async def settle(self, items: Sequence[Settle]) -> list[JobRow]:
+        """Record outcomes; returns the rows that took effect. A row missing from the answer was
+        fenced out: another worker re-claimed that job, or it was deleted meanwhile."""
+        if not items:
+            return []
+        cols = (
+            [i.uid for i in items],
+            [i.run for i in items],
+            [i.attempt for i in items],
+            [i.phase.value for i in items],
+            [i.reason for i in items],
+            [i.message for i in items],
+            [i.next_attempt_at for i in items],
+            [json.dumps(i.result) if i.result is not None else None for i in items],
+            [i.error for i in items],
+            [i.outcome for i in items],
+        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            records = await conn.fetch(
+                "UPDATE jobs j SET phase = u.phase, reason = u.reason, message = u.message,"
+                " next_attempt_at = u.next_at, result = COALESCE(u.result::jsonb, j.result),"
+                " last_error = CASE WHEN u.phase = 'Completed' THEN NULL"
+                "   ELSE COALESCE(u.error, j.last_error) END,"
+                " retries = j.retries + CASE WHEN u.phase = 'Retrying' THEN 1 ELSE 0 END,"
+                " finished_at = CASE WHEN u.phase IN ('Completed', 'DeadLettered') THEN now() END,"
+                " nullifier_state = CASE"
+                "   WHEN j.nullifier_state IS NULL THEN NULL"
+                "   WHEN u.phase = 'Completed' THEN 'spent'"
+                "   WHEN u.phase = 'DeadLettered' THEN NULL"
+                "   ELSE j.nullifier_state END,"
+                " version = j.version + 1, updated_at = now()"
+                " FROM unnest($1::uuid[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[],"
+                "   $7::timestamptz[], $8::text[], $9::text[], $10::text[])"
+                "   AS u(uid, run, attempt, phase, reason, message, next_at, result, error, outcome)"
+                " WHERE j.uid = u.uid AND j.run = u.run AND j.attempts = u.attempt"
+                "   AND j.phase = 'Processing' AND j.deleted_at IS NULL"
+                " RETURNING j.*",
+                *cols,
+            )
+            await conn.execute(
+                "UPDATE attempts a SET outcome = u.outcome, reason = u.reason, message = u.message,"
+                " result = u.result::jsonb, finished_at = now()"
+                " FROM unnest($1::uuid[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[],"
+                "   $7::text[]) AS u(uid, run, attempt, outcome, reason, message, result)"
+                " WHERE a.job_uid = u.uid AND a.run = u.run AND a.attempt = u.attempt"
+                "   AND a.outcome = 'running'",
+                cols[0],
+                cols[1],
+                cols[2],
+                cols[9],
+                cols[4],
+                cols[5],
+                cols[7],
+            )
+        return [to_row(r) for r in records]
+
+    async def redrive(self, uid: UUID, token: str) -> JobRow | None:
+        """Re-queue a dead-lettered job with its attempts reset; earlier attempts stay recorded
+        under the previous run. Returns None when the job is not dead-lettered or the token was
+        already used, or when its nullifier has been taken by another job meanwhile."""
+        try:
+            record = await self.pool.fetchrow(
+                f"UPDATE jobs SET phase = 'Queued', run = run + 1, attempts = 0, retries = 0,"
+                f" redrive_token = $2, reason = 'Redriven', message = 're-driven by annotation',"
+                f" next_attempt_at = NULL, finished_at = NULL, queued_at = now(),"
+                f" nullifier_state = CASE WHEN nullifier IS NULL THEN NULL ELSE 'reserved' END,"
+                f" {_TOUCH} WHERE uid = $1 AND phase = 'DeadLettered' AND deleted_at IS NULL"
+                f" AND redrive_token IS DISTINCT FROM $2 RETURNING *",
+                uid,
+                token,
+            )
+        except asyncpg.UniqueViolationError:
+            record = await self.pool.fetchrow(
+                f"UPDATE jobs SET redrive_token = $2, message = 'cannot re-drive: nullifier '"
+                f" || nullifier || ' is held by another RelayJob', {_TOUCH}"
+                f" WHERE uid = $1 RETURNING *",
+                uid,
+                token,
+            )
+            return to_row(record) if record else None
+        return to_row(record) if record else None
+
+    async def set_suspended(self, uid: UUID, suspend: bool) -> JobRow | None:
+        """Suspend a waiting job or resume a suspended one; an attempt in flight is not touched."""
+        if suspend:
+            sql = (
+                f"UPDATE jobs SET phase = 'Suspended', reason = 'Suspended',"
+                f" message = 'spec.suspend is true', {_TOUCH}"
+                f" WHERE uid = $1 AND phase IN ('Queued', 'Retrying') AND deleted_at IS NULL"
+                f" RETURNING *"
+            )
+        else:
+            sql = (
+                f"UPDATE jobs SET phase = 'Queued', reason = 'Admitted',"
+                f" message = 'resumed', queued_at = COALESCE(queued_at, now()), {_TOUCH}"
+                f" WHERE uid = $1 AND phase = 'Suspended' AND deleted_at IS NULL RETURNING *"
+            )
+        record = await self.pool.fetchrow(sql, uid)
+        return to_row(record) if record else None
+
+    async def cancel(self, uid: UUID) -> JobRow | None:
+        """The RelayJob is gone: close the job, release a reserved (not spent) nullifier."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            record = await conn.fetchrow(
+                f"UPDATE jobs SET deleted_at = now(),"
+                f" phase = CASE WHEN phase IN ('Completed', 'DeadLettered', 'Rejected') THEN phase"
+                f"   ELSE 'Cancelled' END,"
+                f" nullifier_state = CASE WHEN nullifier_state = 'spent' THEN 'spent' END,"
+                f" {_TOUCH} WHERE uid = $1 AND deleted_at IS NULL RETURNING *",
+                uid,
+            )
+            await conn.execute(
+                "UPDATE attempts SET outcome = 'cancelled', reason = 'Cancelled',"
+                " message = 'RelayJob deleted', finished_at = now()"
+                " WHERE job_uid = $1 AND outcome = 'running'",
+                uid,
+            )
+        return to_row(record) if record else None
+
+    async def active(self) -> list[JobRow]:
+        records = await self.pool.fetch(
+            "SELECT * FROM jobs WHERE deleted_at IS NULL AND phase = ANY($1::text[])", list(ACTIVE)
+        )
+        return [to_row(r) for r in records]
+
+    async def live_uids(self) -> set[UUID]:
+        """Jobs the ledger believes have a RelayJob (not deleted), whatever their phase."""
+        return {r["uid"] for r in await self.pool.fetch("SELECT uid FROM jobs WHERE deleted_at IS NULL")}
+
+    async def ttl_due(self, limit: int = 500) -> list[JobRow]:
+        records = await self.pool.fetch(
+            "SELECT * FROM jobs WHERE ttl_seconds IS NOT NULL AND deleted_at IS NULL"
+            " AND finished_at IS NOT NULL"
+            " AND finished_at + make_interval(secs => ttl_seconds) <= now() LIMIT $1",
+            limit,
+        )
+        return [to_row(r) for r in records]
+
+    async def attempts_of(self, uid: UUID) -> list[dict[str, Any]]:
+        records = await self.pool.fetch(
+            "SELECT * FROM attempts WHERE job_uid = $1 ORDER BY run, attempt", uid
+        )
+        return [dict(r) for r in records]

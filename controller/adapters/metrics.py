@@ -1,0 +1,58 @@
+"""Prometheus metrics, on a registry of our own so tests can run several operators in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.jobs = Counter("relayjob_jobs_total", "Jobs that reached an outcome.", ["outcome"], registry=r)
+        self.attempts = Counter("relayjob_attempts_total", "Attempts started.", registry=r)
+        self.retries = Counter("relayjob_retries_total", "Retries scheduled.", registry=r)
+        self.stale = Counter(
+            "relayjob_stale_skips_total",
+            "Queued ids with no live ledger row or RelayJob, skipped.",
+            registry=r,
+        )
+        self.fenced = Counter(
+            "relayjob_fenced_outcomes_total",
+            "Outcomes discarded because another worker had re-claimed the job.",
+            registry=r,
+        )
+        self.reconciles = Counter("relayjob_reconcile_runs_total", "Reconcile passes.", registry=r)
+        self.requeued = Counter(
+            "relayjob_requeued_total", "Jobs put back into Redis by reconciliation.", registry=r
+        )
+        self.queue_depth = Gauge("relayjob_queue_depth", "Jobs in Redis by set.", ["set"], registry=r)
+        self.attempt_seconds = Histogram(
+            "relayjob_attempt_duration_seconds",
+            "Attempt latency by outcome.",
+            ["outcome"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.inflight = Gauge("relayjob_attempts_in_flight", "Attempts running now.", registry=r)
+        self.pool_in_use = Gauge(
+            "relayjob_pool_connections_in_use",
+            "Connections checked out of a pool.",
+            ["pool"],
+            registry=r,
+        )
+        self.pool_size = Gauge(
+            "relayjob_pool_connections_open", "Connections a pool holds open.", ["pool"], registry=r
+        )
+        self.status_writes = Counter(
+            "relayjob_status_writes_total", "Status patches sent to the API server.", registry=r
+        )
+        self.events = Counter("relayjob_events_total", "Events posted.", ["reason"], registry=r)
+        self.events_dropped = Counter(
+            "relayjob_events_dropped_total",
+            "Events not posted because of the rate limit.",
+            registry=r,
+        )
+        self.errors = Counter(
+            "relayjob_loop_errors_total", "Errors a background loop survived.", ["loop"], registry=r
+        )

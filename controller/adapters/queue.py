@@ -1,0 +1,219 @@
+"""The Redis side of the queue: key names, the Lua scripts, and the one pooled client.
+
+Keys (under the configured prefix):
+  ready    ZSET uid -> ready score (priority, then admission order; see core.scoring)
+  delayed  ZSET uid -> epoch ms when the job becomes ready (notBefore, delay, retry backoff)
+  leased   ZSET uid -> epoch ms when the lease expires unless the worker renews it
+  score    HASH uid -> ready score, so a delayed or expired job re-enters `ready` in its place
+  dead     ZSET uid -> epoch ms it was dead-lettered (the dead-letter set)
+
+A uid is in at most one of ready/delayed/leased; every script keeps that true atomically. Nothing
+finished stays in Redis: completion removes the uid and its score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Redis
+
+PROMOTE_LIMIT = 1000
+
+# Promote due delayed jobs, pop up to N ready ones and lease them, in one atomic step: two replicas
+# can never claim the same uid, and a claimed uid is never outside `leased`.
+_CLAIM = """
+local ready, delayed, leased, score = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now, lease_ms, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local due = redis.call('ZRANGE', delayed, '-inf', now, 'BYSCORE', 'LIMIT', 0, PROMOTE_LIMIT)
+for _, uid in ipairs(due) do
+  local s = redis.call('HGET', score, uid)
+  redis.call('ZREM', delayed, uid)
+  if s then redis.call('ZADD', ready, s, uid) end
+end
+local popped = redis.call('ZPOPMIN', ready, n)
+local out = {}
+for i = 1, #popped, 2 do
+  local uid = popped[i]
+  redis.call('ZADD', leased, now + lease_ms, uid)
+  out[#out + 1] = uid
+end
+return out
+""".replace("PROMOTE_LIMIT", str(PROMOTE_LIMIT))
+
+# Put jobs where the ledger says they belong. mode 'force' (admission, re-drive) moves a uid that
+# is not leased; mode 'missing' (rebuild after Redis loss) only adds a uid found nowhere, so a
+# rebuild never duplicates a queued or leased job.
+_PLACE = """
+local ready, delayed, leased, score, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local now, mode = tonumber(ARGV[1]), ARGV[2]
+local placed = 0
+for i = 3, #ARGV, 3 do
+  local uid, s, at = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local leased_now = redis.call('ZSCORE', leased, uid)
+  local present = leased_now or redis.call('ZSCORE', ready, uid) or redis.call('ZSCORE', delayed, uid)
+  if not leased_now and (mode == 'force' or not present) then
+    redis.call('HSET', score, uid, s)
+    redis.call('ZREM', dead, uid)
+    if at > now then
+      redis.call('ZREM', ready, uid)
+      redis.call('ZADD', delayed, at, uid)
+    else
+      redis.call('ZREM', delayed, uid)
+      redis.call('ZADD', ready, s, uid)
+    end
+    placed = placed + 1
+  end
+end
+return placed
+"""
+
+# Expired leases go back to `ready` in their original place; the next claim counts a new attempt.
+_REAP = """
+local ready, leased, score = KEYS[1], KEYS[2], KEYS[3]
+local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local expired = redis.call('ZRANGE', leased, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit)
+for _, uid in ipairs(expired) do
+  redis.call('ZREM', leased, uid)
+  local s = redis.call('HGET', score, uid)
+  if s then redis.call('ZADD', ready, s, uid) end
+end
+return expired
+"""
+
+
+# Hand claimed-but-unstarted jobs back at once (the ledger refused them for a passing reason),
+# rather than letting their leases run out.
+_RELEASE = """
+local ready, leased, score = KEYS[1], KEYS[2], KEYS[3]
+for _, uid in ipairs(ARGV) do
+  if redis.call('ZREM', leased, uid) == 1 then
+    local s = redis.call('HGET', score, uid)
+    if s then redis.call('ZADD', ready, s, uid) end
+  end
+end
+return #ARGV
+"""
+
+
+@dataclass(frozen=True)
+class Placement:
+    uid: str
+    score: int
+    ready_at_ms: int
+
+
+@dataclass(frozen=True)
+class Depth:
+    ready: int
+    delayed: int
+    leased: int
+    dead: int
+
+
+def connect(url: str, max_connections: int, timeout: float) -> Redis:
+    """The process's one Redis client. A BlockingConnectionPool waits (up to `timeout`) for a free
+    connection instead of opening another, so connections to Redis never exceed `max_connections`."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+class Queue:
+    def __init__(self, client: Redis, prefix: str) -> None:
+        self.client = client
+        self.ready = f"{prefix}:ready"
+        self.delayed = f"{prefix}:delayed"
+        self.leased = f"{prefix}:leased"
+        self.score = f"{prefix}:score"
+        self.dead = f"{prefix}:dead"
+        self._claim = client.register_script(_CLAIM)
+        self._place = client.register_script(_PLACE)
+        self._reap = client.register_script(_REAP)
+        self._release = client.register_script(_RELEASE)
+
+    async def place(self, items: Sequence[Placement], now_ms: int, only_missing: bool = False) -> int:
+        if not items:
+            return 0
+        args: list[str | int] = [now_ms, "missing" if only_missing else "force"]
+        for item in items:
+            args += [item.uid, item.score, item.ready_at_ms]
+        keys = [self.ready, self.delayed, self.leased, self.score, self.dead]
+        return int(await self._place(keys=keys, args=args))
+
+    async def claim(self, n: int, now_ms: int, lease_ms: int) -> list[str]:
+        keys = [self.ready, self.delayed, self.leased, self.score]
+        return list(await self._claim(keys=keys, args=[now_ms, lease_ms, n]))
+
+    async def renew(self, uids: Iterable[str], deadline_ms: int) -> None:
+        """Extend the leases of the attempts this process runs. Plain ZADD, not XX: after a Redis
+        loss the heartbeat re-creates the lease, so a rebuild does not hand a running job to
+        another worker."""
+        mapping = dict.fromkeys(uids, deadline_ms)
+        if mapping:
+            await self.client.zadd(self.leased, mapping)
+
+    async def settle(
+        self,
+        done: Sequence[str] = (),
+        retry: Sequence[tuple[str, int]] = (),
+        dead: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        """Apply recorded outcomes in one round trip: finished jobs leave Redis entirely, retries
+        wait in `delayed`, dead-lettered ones move to the dead-letter set."""
+        pipe = self.client.pipeline(transaction=True)
+        for uid in done:
+            pipe.zrem(self.leased, uid)
+            pipe.hdel(self.score, uid)
+        for uid, at_ms in retry:
+            pipe.zrem(self.leased, uid)
+            pipe.zadd(self.delayed, {uid: at_ms})
+        for uid, at_ms in dead:
+            pipe.zrem(self.leased, uid)
+            pipe.hdel(self.score, uid)
+            pipe.zadd(self.dead, {uid: at_ms})
+        if done or retry or dead:
+            await pipe.execute()
+
+    async def remove(self, uids: Iterable[str]) -> None:
+        """Forget jobs everywhere: deleted, suspended, stale or finished elsewhere."""
+        uids = list(uids)
+        if not uids:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        for key in (self.ready, self.delayed, self.leased, self.dead):
+            pipe.zrem(key, *uids)
+        pipe.hdel(self.score, *uids)
+        await pipe.execute()
+
+    async def reap(self, now_ms: int, limit: int = 1000) -> list[str]:
+        return list(await self._reap(keys=[self.ready, self.leased, self.score], args=[now_ms, limit]))
+
+    async def release(self, uids: Sequence[str]) -> None:
+        if uids:
+            await self._release(keys=[self.ready, self.leased, self.score], args=list(uids))
+
+    async def depth(self) -> Depth:
+        pipe = self.client.pipeline(transaction=False)
+        for key in (self.ready, self.delayed, self.leased, self.dead):
+            pipe.zcard(key)
+        ready, delayed, leased, dead = await pipe.execute()
+        return Depth(int(ready), int(delayed), int(leased), int(dead))
+
+    async def members(self) -> set[str]:
+        """Every uid Redis holds in ready, delayed or leased (for reconciliation)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in (self.ready, self.delayed, self.leased):
+            pipe.zrange(key, 0, -1)
+        found: set[str] = set()
+        for chunk in await pipe.execute():
+            found.update(chunk)
+        return found

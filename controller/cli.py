@@ -1,0 +1,125 @@
+"""`relayjob-operator run` and `relayjob-operator sandbox ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from pydantic import ValidationError
+
+from controller.settings import Settings, describe_error
+
+log = logging.getLogger("relayjob")
+
+
+def _credentials() -> object:
+    import kopf
+
+    from controller.adapters.kube import Credentials
+
+    settings = kopf.OperatorSettings()
+    info = kopf.login_via_client(logger=log, settings=settings)
+    if info is None:
+        raise RuntimeError("no Kubernetes credentials: set KUBECONFIG or run in a cluster")
+    return Credentials.from_kopf(info)
+
+
+async def _run(settings: Settings) -> int:
+    import kopf
+
+    from controller.adapters.kube import Credentials
+    from controller.handlers import WatchHealth, build_registry
+    from controller.runtime import probes
+    from controller.runtime.app import App, StartupError
+
+    try:
+        credentials = _credentials()
+        assert isinstance(credentials, Credentials)
+    except Exception as error:  # kubeconfig problems come in many exception types
+        log.error("cannot log in to Kubernetes: %s", error, extra={"setting": "KUBECONFIG"})
+        return 1
+    try:
+        app = await App.start(settings, credentials)
+    except StartupError as error:
+        log.error("%s", error)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    health = WatchHealth()
+    runner = await probes.serve(probes.build(app, health.problem), settings.http_port)
+    kopf_task = asyncio.create_task(
+        kopf.operator(
+            registry=build_registry(app, health),
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            standalone=settings.standalone,
+            priority=settings.peering_priority,
+            peering_name=settings.peering_name,
+            stop_flag=stop,
+        )
+    )
+    health.task = kopf_task
+    try:
+        await app.reconciler.rebuild()
+    except Exception as error:  # the periodic pass retries; start-up must not die of it
+        log.warning("initial reconciliation failed; will retry: %s", error)
+    work = asyncio.create_task(app.run())
+    log.info("operator started", extra={"identity": app.identity, "concurrency": settings.concurrency})
+    await asyncio.wait(
+        [kopf_task, work, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+    )
+    stop.set()
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.wait_for(kopf_task, timeout=10)
+    await runner.cleanup()
+    await app.close()
+    return 0
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="relayjob-operator run",
+        description="Run the operator against the current kube context.",
+    )
+    parser.add_argument("--standalone", action="store_true", help="skip kopf peering")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        print(describe_error(error), file=sys.stderr)
+        return 2
+    if args.standalone:
+        settings = settings.model_copy(update={"standalone": True})
+    from controller.runtime.logs import configure
+
+    configure(settings.log_level, settings.log_format)
+    return asyncio.run(_run(settings))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: relayjob-operator {run,sandbox,demo} ...", file=sys.stderr)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        return run(rest)
+    if command == "sandbox":
+        from controller.sandbox.cli import sandbox_main
+
+        return sandbox_main(rest)
+    print(f"unknown command {command!r}; use run or sandbox", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""kopf wiring only: watch events in, calls into runtime.admission out.
+
+Handlers use `on.event`, not `on.create`/`on.update`: kopf writes nothing back to the object for
+event handlers (no last-handled-configuration annotation, no progress), so a job costs no extra
+API write, and admission is idempotent by uid in the ledger anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+from uuid import UUID
+
+import kopf
+
+from controller.adapters.kube import GROUP, PLURAL, VERSION
+from controller.runtime.app import App
+from controller.settings import Settings
+
+log = logging.getLogger("relayjob.handlers")
+
+
+class WatchHealth:
+    """Whether the kopf side is alive, for the liveness probe.
+
+    Frozen watch streams are kopf's most reported failure; `configure` bounds every stream with
+    server/client/inactivity timeouts so kopf re-lists on its own. What is left for the probe is
+    the operator task itself: if kopf stopped, the process must be restarted.
+    """
+
+    def __init__(self) -> None:
+        self.last_event = time.monotonic()
+        self.task: asyncio.Task[None] | None = None
+
+    def seen(self) -> None:
+        self.last_event = time.monotonic()
+
+    def problem(self) -> str | None:
+        if self.task is not None and self.task.done():
+            return "the kopf operator task has stopped"
+        return None
+
+
+def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="relay.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="relay.dev")
+    settings.posting.enabled = False  # our own rate-limited Events say what matters
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.watching.inactivity_timeout = 600
+    settings.peering.name = ours.peering_name
+    settings.peering.priority = ours.peering_priority
+    settings.peering.standalone = ours.standalone
+    settings.batching.worker_limit = 1000
+    settings.networking.request_timeout = 60
+
+
+def build_registry(app: App, health: WatchHealth) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    def _startup(*, settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings, app.settings)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def _event(*, type: str, body: kopf.Body, **_: Any) -> None:
+        health.seen()
+        if type == "DELETED":
+            await app.admissions.forget(UUID(body["metadata"]["uid"]))
+        else:
+            await app.admissions.observe(body)
+
+    return registry

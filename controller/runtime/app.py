@@ -1,0 +1,189 @@
+"""One operator process: its pools and clients, created at start-up and closed at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import asyncpg
+import redis.exceptions
+from redis.asyncio.client import Redis
+
+from controller.adapters import ledger as ledger_mod
+from controller.adapters import queue as queue_mod
+from controller.adapters.executors.registry import load_executors
+from controller.adapters.kube import Credentials, KubeClient
+from controller.adapters.metrics import Metrics
+from controller.model.jobs import ClusterApi, Executor
+from controller.runtime.admission import Admissions
+from controller.runtime.events import EventPoster
+from controller.runtime.reconciler import Reconciler
+from controller.runtime.status import StatusWriter
+from controller.runtime.worker import Worker
+from controller.settings import Settings
+
+log = logging.getLogger("relayjob.app")
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message names the setting to fix."""
+
+
+async def _open_redis(settings: Settings) -> Redis:
+    client = queue_mod.connect(
+        settings.redis_url.get_secret_value(),
+        settings.redis_pool_max,
+        settings.redis_pool_timeout_seconds,
+    )
+    try:
+        await client.ping()
+    except redis.exceptions.AuthenticationError as error:
+        raise StartupError(f"RELAY_REDIS_URL: Redis refused the credentials ({error})") from None
+    except (redis.exceptions.RedisError, OSError) as error:
+        raise StartupError(f"RELAY_REDIS_URL: cannot reach Redis ({error})") from None
+    try:
+        policy = (await client.config_get("maxmemory-policy")).get("maxmemory-policy")
+    except redis.exceptions.ResponseError:
+        policy = None  # CONFIG is disabled on some managed Redis services
+    if policy and policy != "noeviction":
+        log.warning(
+            "Redis maxmemory-policy is %r, not 'noeviction': under memory pressure Redis will "
+            "silently drop queued jobs (reconciliation re-queues them from the ledger, late). "
+            "Set maxmemory-policy noeviction on the server behind RELAY_REDIS_URL.",
+            policy,
+            extra={"setting": "RELAY_REDIS_URL", "maxmemory_policy": policy},
+        )
+    return client
+
+
+async def _open_postgres(settings: Settings) -> asyncpg.Pool:
+    try:
+        pool = await ledger_mod.connect(
+            settings.database_url.get_secret_value(),
+            settings.db_pool_min,
+            settings.db_pool_max,
+            settings.db_pool_timeout_seconds,
+        )
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as error:
+        raise StartupError(f"RELAY_DATABASE_URL: PostgreSQL refused the credentials ({error})") from None
+    except asyncpg.InvalidCatalogNameError as error:
+        raise StartupError(f"RELAY_DATABASE_URL: {error}") from None
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        raise StartupError(f"RELAY_DATABASE_URL: cannot reach PostgreSQL ({error})") from None
+    applied = await ledger_mod.migrate(pool)
+    if applied:
+        log.info("ledger migrations applied: %s", ", ".join(applied))
+    return pool
+
+
+@dataclass
+class App:
+    settings: Settings
+    redis: Redis
+    pool: asyncpg.Pool
+    kube: ClusterApi
+    metrics: Metrics
+    executors: dict[str, Executor]
+    ledger: ledger_mod.Ledger
+    queue: queue_mod.Queue
+    status: StatusWriter
+    events: EventPoster
+    worker: Worker
+    admissions: Admissions
+    reconciler: Reconciler
+    identity: str
+
+    @classmethod
+    async def start(cls, settings: Settings, credentials: Credentials) -> App:
+        identity = f"{socket.gethostname()}-{os.getpid()}"
+        kube = KubeClient(credentials, "relayjob-operator", identity, settings.secret_cache_seconds)
+        return await cls.assemble(settings, kube, identity)
+
+    @classmethod
+    async def assemble(cls, settings: Settings, kube: ClusterApi, identity: str) -> App:
+        """Open the pools and wire every part to them and to `kube`."""
+        redis_client = await _open_redis(settings)
+        try:
+            pool = await _open_postgres(settings)
+        except BaseException:
+            await redis_client.aclose()
+            raise
+        metrics = Metrics()
+        executors = load_executors(kube)
+        ledger = ledger_mod.Ledger(pool, identity)
+        queue = queue_mod.Queue(redis_client, settings.key_prefix)
+        status = StatusWriter(
+            ledger, kube, metrics, settings.status_flush_seconds, settings.status_concurrency
+        )
+        events = EventPoster(kube, metrics, settings.events_per_second)
+        worker = Worker(settings, queue, ledger, executors, status, events, metrics)
+        admissions = Admissions(ledger, queue, worker, status, events, metrics, settings.payload_limit_bytes)
+        reconciler = Reconciler(
+            ledger,
+            queue,
+            kube,
+            metrics,
+            settings.namespaces,
+            settings.lease_seconds,
+            settings.reconcile_interval_seconds,
+            admissions.forget,
+        )
+        return cls(
+            settings,
+            redis_client,
+            pool,
+            kube,
+            metrics,
+            executors,
+            ledger,
+            queue,
+            status,
+            events,
+            worker,
+            admissions,
+            reconciler,
+            identity,
+        )
+
+    async def run(self) -> None:
+        """The background work of the process; returns only by cancellation."""
+        await asyncio.gather(self.status.run(), self.worker.run(), self.reconciler.run(), self._pool_gauges())
+
+    async def _pool_gauges(self) -> None:
+        while True:
+            pool = self.redis.connection_pool
+            in_use = len(getattr(pool, "_in_use_connections", ()))
+            self.metrics.pool_in_use.labels("redis").set(in_use)
+            self.metrics.pool_size.labels("redis").set(len(getattr(pool, "_connections", ())))
+            self.metrics.pool_in_use.labels("postgres").set(self.pool.get_size() - self.pool.get_idle_size())
+            self.metrics.pool_size.labels("postgres").set(self.pool.get_size())
+            await asyncio.sleep(2)
+
+    async def ping(self) -> dict[str, str]:
+        """Readiness of each dependency, for /readyz."""
+        result: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(2):
+                await self.redis.ping()
+            result["redis"] = "ok"
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as error:
+            result["redis"] = f"error: {type(error).__name__}"
+        try:
+            async with asyncio.timeout(2):
+                await self.pool.fetchval("SELECT 1")
+            result["postgres"] = "ok"
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
+            result["postgres"] = f"error: {type(error).__name__}"
+        return result
+
+    async def close(self) -> None:
+        await self.worker.drain()
+        for executor in self.executors.values():
+            await executor.close()
+        await self.events.drain()
+        await self.kube.close()
+        await self.pool.close()
+        await self.redis.aclose()

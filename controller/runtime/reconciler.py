@@ -1,0 +1,115 @@
+"""Keeping Redis, the ledger and the cluster in agreement when something was lost.
+
+- `rebuild`: every active ledger job whose RelayJob exists is put back in Redis if missing
+  (Redis restarted empty, evicted keys); ledger jobs whose RelayJob vanished while we were down are
+  cancelled. Runs at start-up and every reconcile interval.
+- `reap`: expired leases return to the ready set (a worker died or froze).
+- `expire`: finished RelayJobs past `ttlSecondsAfterFinished` are deleted; the ledger keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from controller.adapters.kube import KubeError
+from controller.adapters.ledger import Ledger
+from controller.adapters.metrics import Metrics
+from controller.adapters.queue import Queue
+from controller.model.jobs import ClusterApi
+from controller.model.phases import Phase
+from controller.runtime.admission import placement
+from controller.runtime.logs import job_fields
+from controller.runtime.worker import TRANSIENT
+
+log = logging.getLogger("relayjob.reconciler")
+
+
+class Reconciler:
+    def __init__(
+        self,
+        ledger: Ledger,
+        queue: Queue,
+        kube: ClusterApi,
+        metrics: Metrics,
+        namespaces: Sequence[str],
+        lease_seconds: float,
+        interval: float,
+        forget: Callable[..., Awaitable[None]],
+    ) -> None:
+        self.ledger = ledger
+        self.queue = queue
+        self.kube = kube
+        self.metrics = metrics
+        self.namespaces = list(namespaces)
+        self.lease_seconds = lease_seconds
+        self.interval = interval
+        self.forget = forget
+
+    async def rebuild(self) -> int:
+        """Put missing active jobs back; returns how many were re-queued."""
+        live = await self.kube.list_job_uids(self.namespaces)
+        for uid in await self.ledger.live_uids() - live:
+            row = await self.ledger.get(uid)
+            if row is not None and self._watched(row.ref.namespace):
+                await self.forget(uid)
+        rows = await self.ledger.active()
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.lease_seconds)
+        # A job Processing for less than one lease may be running right now on a worker whose
+        # heartbeat will re-create its lease; re-queueing it would run it twice.
+        items = [
+            placement(r)
+            for r in rows
+            if r.ref.uid in live and (r.phase is not Phase.PROCESSING or (r.started_at or cutoff) <= cutoff)
+        ]
+        placed = await self.queue.place(items, int(time.time() * 1000), only_missing=True)
+        if placed:
+            log.warning("re-queued %d jobs missing from Redis", placed)
+            self.metrics.requeued.inc(placed)
+        self.metrics.reconciles.inc()
+        return placed
+
+    def _watched(self, namespace: str) -> bool:
+        return not self.namespaces or namespace in self.namespaces
+
+    async def reap(self) -> list[str]:
+        expired = await self.queue.reap(int(time.time() * 1000))
+        if expired:
+            log.warning("%d leases expired; jobs returned to the queue", len(expired))
+        return expired
+
+    async def expire(self) -> int:
+        deleted = 0
+        for row in await self.ledger.ttl_due():
+            if await self.kube.delete_job(row.ref):
+                deleted += 1
+                log.info("deleted after ttlSecondsAfterFinished", extra=job_fields(row.ref))
+            await self.forget(row.ref.uid)
+        return deleted
+
+    async def gauges(self) -> None:
+        depth = await self.queue.depth()
+        for name in ("ready", "delayed", "leased", "dead"):
+            self.metrics.queue_depth.labels(name).set(getattr(depth, name))
+
+    async def run(self) -> None:
+        await asyncio.gather(
+            self._every("rebuild", self.interval, self.rebuild),
+            self._every("reap", max(0.5, self.lease_seconds / 3), self.reap),
+            self._every("ttl", 1.0, self.expire),
+            self._every("gauges", 2.0, self.gauges),
+        )
+
+    async def _every(self, name: str, period: float, action: Callable[[], Awaitable[object]]) -> None:
+        while True:
+            try:
+                await action()
+            except (*TRANSIENT, KubeError, asyncpg.PostgresError) as error:
+                log.warning("%s failed; will retry: %s", name, error)
+                self.metrics.errors.labels(name).inc()
+            await asyncio.sleep(period)

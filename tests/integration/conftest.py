@@ -1,0 +1,167 @@
+"""Fixtures for the integration tier: real redis-server and PostgreSQL, a fresh database and key
+prefix per test, and the operator's parts assembled on them.
+
+The Kubernetes API is out of scope here (that is the e2e tier): `RecordingCluster` stands in for
+it and records the status documents and Events the runtime would send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID
+
+import asyncpg
+import pytest
+
+from controller.model.jobs import JobRef
+from controller.runtime.app import App
+from controller.settings import Settings
+
+
+class RecordingCluster:
+    """In-memory stand-in for the API server: RelayJobs that exist, and what was written to them."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[UUID, JobRef] = {}
+        self.status: dict[UUID, dict[str, Any]] = {}
+        self.patches: dict[UUID, int] = {}
+        self.events: list[tuple[JobRef, str, str, str]] = []
+        self.secrets: dict[tuple[str, str], dict[str, str]] = {}
+
+    def body(
+        self,
+        ref: JobRef,
+        spec: dict[str, Any],
+        generation: int = 1,
+        annotations: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        self.jobs[ref.uid] = ref
+        return {
+            "metadata": {
+                "uid": str(ref.uid),
+                "namespace": ref.namespace,
+                "name": ref.name,
+                "generation": generation,
+                "annotations": annotations or {},
+                "creationTimestamp": None,
+            },
+            "spec": spec,
+            "status": self.status.get(ref.uid, {}),
+        }
+
+    async def patch_status(self, ref: JobRef, status: dict[str, Any]) -> bool:
+        if ref.uid not in self.jobs:
+            return False
+        merged = self.status.setdefault(ref.uid, {})
+        for key, value in status.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        self.patches[ref.uid] = self.patches.get(ref.uid, 0) + 1
+        return True
+
+    async def post_event(self, ref: JobRef, kind: str, reason: str, message: str) -> None:
+        self.events.append((ref, kind, reason, message))
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        from controller.model.jobs import SecretNotFound
+
+        try:
+            return self.secrets[(namespace, name)][key]
+        except KeyError:
+            raise SecretNotFound(f"Secret {namespace}/{name} key {key} not found") from None
+
+    async def list_job_uids(self, namespaces: Iterable[str]) -> set[UUID]:
+        return set(self.jobs)
+
+    async def delete_job(self, ref: JobRef) -> bool:
+        return self.jobs.pop(ref.uid, None) is not None
+
+    async def close(self) -> None:
+        return None
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture
+async def database_url(postgres_server: Any) -> AsyncIterator[str]:
+    """A database of its own for each test, so tests never see each other's jobs."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_server.dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield with_database(postgres_server.dsn, name)
+    admin = await asyncpg.connect(postgres_server.dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(redis_server: Any, database_url: str, key_prefix: str) -> Settings:
+    return Settings(
+        redis_url=redis_server.url,
+        database_url=database_url,
+        key_prefix=key_prefix,
+        lease_seconds=3,
+        reconcile_interval_seconds=2,
+        status_flush_seconds=0.05,
+        poll_interval_seconds=0.05,
+        http_port=0,
+    )
+
+
+@pytest.fixture
+def cluster() -> RecordingCluster:
+    return RecordingCluster()
+
+
+@pytest.fixture
+async def app(settings: Settings, cluster: RecordingCluster) -> AsyncIterator[App]:
+    application = await App.assemble(settings, cluster, "test-worker")
+    yield application
+    await application.close()
+
+
+@contextlib.asynccontextmanager
+async def running(app: App) -> AsyncIterator[App]:
+    """The app's background loops, as `relayjob-operator run` starts them (minus kopf)."""
+    task = asyncio.create_task(app.run())
+    try:
+        yield app
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 30.0, every: float = 0.05
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(every)
+
+
+def new_ref(name: str = "job", namespace: str = "default") -> JobRef:
+    return JobRef(uid=uuid.uuid4(), namespace=namespace, name=name)

@@ -1,0 +1,195 @@
+"""The ledger against a real PostgreSQL: migrations, admission, fencing and nullifiers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from controller.adapters import ledger as ledger_mod
+from controller.adapters.ledger import Ledger, Settle
+from controller.model.phases import Phase, Reason
+from controller.model.spec import RelayJobSpec
+from tests.integration.conftest import new_ref
+
+pytestmark = pytest.mark.integration
+
+RAW = {"target": {"noop": {}}, "maxAttempts": 3}
+
+
+@pytest.fixture
+async def pool(database_url: str) -> asyncpg.Pool:
+    pool = await ledger_mod.connect(database_url, 1, 20, 10)
+    await ledger_mod.migrate(pool)
+    yield pool
+    await pool.close()
+
+
+async def admit(ledger: Ledger, raw: dict = RAW, name: str = "job") -> ledger_mod.Admission:
+    spec = RelayJobSpec.model_validate(raw)
+    return await ledger.admit(new_ref(name), spec, raw, 1, Phase.QUEUED, Reason.ADMITTED, "queued", None)
+
+
+async def test_migrations_run_twice_without_harm(database_url: str) -> None:
+    pool = await ledger_mod.connect(database_url, 1, 2, 10)
+    try:
+        first = await ledger_mod.migrate(pool)
+        second = await ledger_mod.migrate(pool)
+        assert first and second == []
+        count = await pool.fetchval("SELECT count(*) FROM relay_schema_migrations")
+        assert count == len(ledger_mod.migration_files())
+    finally:
+        await pool.close()
+
+
+async def test_concurrent_migrations_serialise(database_url: str) -> None:
+    pools = [await ledger_mod.connect(database_url, 1, 2, 10) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(ledger_mod.migrate(p) for p in pools))
+        assert sorted(len(r) for r in results) == [0, 0, len(ledger_mod.migration_files())]
+    finally:
+        for p in pools:
+            await p.close()
+
+
+async def test_admission_is_idempotent_by_uid(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    first = await admit(ledger)
+    spec = RelayJobSpec.model_validate(RAW)
+    again = await ledger.admit(first.row.ref, spec, RAW, 1, Phase.QUEUED, Reason.ADMITTED, "q", None)
+    assert first.created and not again.created
+    assert again.row.seq == first.row.seq
+
+
+async def test_outcomes_are_fenced_by_attempt(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    row = (await admit(ledger)).row
+    uid = str(row.ref.uid)
+    first = (await ledger.start_attempts([uid])).started[0]
+    # The first worker froze; its lease expired and another worker re-claimed the job.
+    second = (await Ledger(pool, "w2").start_attempts([uid])).started[0]
+    assert (first.attempts, second.attempts) == (1, 2)
+
+    def done(attempt: int) -> Settle:
+        return Settle(
+            uid=row.ref.uid,
+            run=1,
+            attempt=attempt,
+            phase=Phase.COMPLETED,
+            reason="Succeeded",
+            message="ok",
+            outcome="succeeded",
+        )
+
+    assert await ledger.settle([done(1)]) == []
+    recorded = await ledger.settle([done(2)])
+    assert [r.phase for r in recorded] == [Phase.COMPLETED]
+    assert await ledger.settle([done(2)]) == []  # and nobody overwrites the recorded outcome
+    attempts = await ledger.attempts_of(row.ref.uid)
+    assert [(a["attempt"], a["outcome"], a["worker"]) for a in attempts] == [
+        (1, "lost", "w1"),
+        (2, "succeeded", "w2"),
+    ]
+
+
+async def test_lease_lost_on_last_attempt_dead_letters(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    row = (await admit(ledger, {"target": {"noop": {}}, "maxAttempts": 1})).row
+    uid = str(row.ref.uid)
+    await ledger.start_attempts([uid])
+    batch = await ledger.start_attempts([uid])
+    assert batch.started == [] and [r.phase for r in batch.exhausted] == [Phase.DEAD_LETTERED]
+    assert batch.exhausted[0].reason == "AttemptsExhausted"
+
+
+async def test_stale_ids_are_reported(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    ghost = str(new_ref().uid)
+    batch = await ledger.start_attempts([ghost])
+    assert batch.stale == [ghost]
+
+
+async def test_nullifier_race_has_one_winner(pool: asyncpg.Pool) -> None:
+    raw = {"target": {"noop": {}}, "nullifier": "spend:42"}
+    ledgers = [Ledger(pool, f"w{i}") for i in range(20)]
+    results = await asyncio.gather(*(admit(lg, raw, f"j{i}") for i, lg in enumerate(ledgers)))
+    phases = [r.row.phase for r in results]
+    assert phases.count(Phase.QUEUED) == 1
+    assert phases.count(Phase.REJECTED) == 19
+    assert {r.row.reason for r in results if r.row.phase is Phase.REJECTED} == {"NullifierInUse"}
+
+
+async def test_nullifier_released_by_dead_letter_and_spent_by_completion(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    raw = {"target": {"noop": {}}, "nullifier": "n-1", "maxAttempts": 1}
+    holder = (await admit(ledger, raw, "a")).row
+    await ledger.start_attempts([str(holder.ref.uid)])
+    await ledger.settle(
+        [
+            Settle(
+                uid=holder.ref.uid,
+                run=1,
+                attempt=1,
+                phase=Phase.DEAD_LETTERED,
+                reason="PermanentFailure",
+                message="400",
+                outcome="permanent",
+            )
+        ]
+    )
+    second = (await admit(ledger, raw, "b")).row
+    assert second.phase is Phase.QUEUED
+    await ledger.start_attempts([str(second.ref.uid)])
+    await ledger.settle(
+        [
+            Settle(
+                uid=second.ref.uid,
+                run=1,
+                attempt=1,
+                phase=Phase.COMPLETED,
+                reason="Succeeded",
+                message="ok",
+                outcome="succeeded",
+            )
+        ]
+    )
+    third = (await admit(ledger, raw, "c")).row
+    assert (third.phase, third.reason) == (Phase.REJECTED, "NullifierSpent")
+    # A dead-lettered holder cannot be re-driven while another job has spent its nullifier.
+    assert (await ledger.redrive(holder.ref.uid, "r1")).phase is Phase.DEAD_LETTERED
+
+
+async def test_redrive_resets_attempts_and_keeps_history(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    row = (await admit(ledger, {"target": {"noop": {}}, "maxAttempts": 1})).row
+    await ledger.start_attempts([str(row.ref.uid)])
+    await ledger.settle(
+        [
+            Settle(
+                uid=row.ref.uid,
+                run=1,
+                attempt=1,
+                phase=Phase.DEAD_LETTERED,
+                reason="PermanentFailure",
+                message="x",
+                outcome="permanent",
+            )
+        ]
+    )
+    redriven = await ledger.redrive(row.ref.uid, "token-1")
+    assert redriven is not None
+    assert (redriven.phase, redriven.attempts, redriven.run) == (Phase.QUEUED, 0, 2)
+    assert await ledger.redrive(row.ref.uid, "token-1") is None
+    await ledger.start_attempts([str(row.ref.uid)])
+    history = await ledger.attempts_of(row.ref.uid)
+    assert [(a["run"], a["attempt"]) for a in history] == [(1, 1), (2, 1)]
+
+
+async def test_cancel_releases_reserved_nullifier(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    raw = {"target": {"noop": {}}, "nullifier": "gone"}
+    row = (await admit(ledger, raw, "a")).row
+    cancelled = await ledger.cancel(row.ref.uid)
+    assert cancelled is not None and cancelled.phase is Phase.CANCELLED
+    assert (await admit(ledger, raw, "b")).row.phase is Phase.QUEUED

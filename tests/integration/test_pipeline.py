@@ -1,0 +1,77 @@
+"""Admission through completion with the operator's own loops on real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from controller.model.phases import Phase
+from controller.runtime.app import App
+from tests.integration.conftest import RecordingCluster, eventually, new_ref, running
+
+pytestmark = pytest.mark.integration
+
+
+async def phases(app: App, uids: list[uuid.UUID]) -> list[Phase]:
+    rows = await app.ledger.get_many(uids)
+    return [rows[u].phase for u in uids]
+
+
+async def test_admit_claim_complete(app: App, cluster: RecordingCluster) -> None:
+    refs = [new_ref(f"job-{i}") for i in range(25)]
+    async with running(app):
+        for ref in refs:
+            await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}, "payload": {"i": 1}}))
+        uids = [r.uid for r in refs]
+
+        async def all_completed() -> bool:
+            return await phases(app, uids) == [Phase.COMPLETED] * len(uids) and all(
+                cluster.status.get(u, {}).get("phase") == "Completed" for u in uids
+            )
+
+        await eventually(all_completed)
+        await app.status.wait_idle()
+    for uid in uids:
+        status = cluster.status[uid]
+        assert status["attempts"] == 1 and status["completedAt"]
+        conditions = {c["type"]: c["status"] for c in status["conditions"]}
+        assert conditions == {"Succeeded": "True", "Failed": "False"}
+        attempts = await app.ledger.attempts_of(uid)
+        assert [a["outcome"] for a in attempts] == ["succeeded"]
+    depth = await app.queue.depth()
+    assert (depth.ready, depth.delayed, depth.leased, depth.dead) == (0, 0, 0, 0)
+    assert await app.redis.hlen(app.queue.score) == 0
+
+
+async def test_stale_entry_is_skipped_counted_and_removed(app: App, cluster: RecordingCluster) -> None:
+    from controller.adapters.queue import Placement
+
+    ghost = str(uuid.uuid4())
+    await app.queue.place([Placement(ghost, 0, 0)], 0)
+    real = new_ref("real")
+    async with running(app):
+        await app.admissions.observe(cluster.body(real, {"target": {"noop": {}}}))
+
+        async def done() -> bool:
+            return (await phases(app, [real.uid])) == [Phase.COMPLETED]
+
+        await eventually(done)
+    assert app.metrics.stale._value.get() == 1
+    assert ghost not in await app.queue.members()
+
+
+async def test_invalid_spec_is_rejected_with_reason(app: App, cluster: RecordingCluster) -> None:
+    bad = new_ref("bad")
+    async with running(app):
+        await app.admissions.observe(
+            cluster.body(bad, {"target": {"noop": {}}, "payload": {"x": "y" * 70000}})
+        )
+
+        async def rejected() -> bool:
+            return cluster.status.get(bad.uid, {}).get("phase") == "Rejected"
+
+        await eventually(rejected)
+    assert cluster.status[bad.uid]["reason"] == "PayloadTooLarge"
+    assert any(e[2] == "PayloadTooLarge" for e in cluster.events)

@@ -1,0 +1,26 @@
+from controller.core.admission import Admitted, Refused, admit
+from controller.model.phases import Reason
+
+EXECUTORS = {"noop", "http"}
+
+
+def test_valid_spec_is_admitted() -> None:
+    verdict = admit({"target": {"noop": {}}}, 65536, EXECUTORS)
+    assert isinstance(verdict, Admitted)
+
+
+def test_invalid_spec_names_the_field() -> None:
+    verdict = admit({"target": {"noop": {}}, "priority": 500}, 65536, EXECUTORS)
+    assert isinstance(verdict, Refused) and verdict.reason is Reason.INVALID_SPEC
+    assert "spec.priority" in verdict.message
+
+
+def test_payload_cap() -> None:
+    verdict = admit({"target": {"noop": {}}, "payload": {"x": "a" * 70000}}, 65536, EXECUTORS)
+    assert isinstance(verdict, Refused) and verdict.reason is Reason.PAYLOAD_TOO_LARGE
+    assert "RELAY_PAYLOAD_LIMIT_BYTES" in verdict.message
+
+
+def test_unknown_executor() -> None:
+    verdict = admit({"target": {"sqs": {}}}, 65536, EXECUTORS)
+    assert isinstance(verdict, Refused) and verdict.reason is Reason.UNKNOWN_EXECUTOR

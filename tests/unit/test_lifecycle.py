@@ -1,0 +1,96 @@
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+from controller.core.lifecycle import after_attempt, status_document
+from controller.model.jobs import ExecutionResult, JobRef, JobRow, Outcome
+from controller.model.phases import Phase, Reason
+from controller.model.spec import RelayJobSpec
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def row(**changes: object) -> JobRow:
+    base = JobRow(
+        ref=JobRef(uid=uuid4(), namespace="ns", name="job"),
+        seq=1,
+        phase=Phase.PROCESSING,
+        spec_or_none=RelayJobSpec.model_validate(
+            {"target": {"noop": {}}, "maxAttempts": 3, "backoff": {"jitter": False}}
+        ),
+        generation=1,
+        nullifier=None,
+        attempts=1,
+        retries=0,
+        max_attempts=3,
+        next_attempt_at=None,
+        last_error=None,
+        result=None,
+        reason=None,
+        message=None,
+        redrive_token=None,
+        created_at=NOW,
+        queued_at=NOW,
+        started_at=NOW,
+        finished_at=None,
+    )
+    return base.model_copy(update=changes)
+
+
+def result(outcome: Outcome, **kw: object) -> ExecutionResult:
+    return ExecutionResult.model_validate({"outcome": outcome, "reason": "HTTP503"} | kw)
+
+
+def test_success_completes() -> None:
+    d = after_attempt(row(), 1, result(Outcome.SUCCEEDED, result={"httpStatus": 200}), NOW)
+    assert d.phase is Phase.COMPLETED and d.result == {"httpStatus": 200}
+
+
+def test_retryable_schedules_backoff() -> None:
+    d = after_attempt(row(retries=2), 3 - 1, result(Outcome.RETRYABLE), NOW)
+    assert d.phase is Phase.RETRYING and d.reason == Reason.RETRY_SCHEDULED
+    assert d.next_attempt_at == NOW + timedelta(seconds=4)
+
+
+def test_retry_after_is_honoured() -> None:
+    d = after_attempt(row(), 1, result(Outcome.RETRYABLE, retry_after_seconds=9), NOW)
+    assert d.next_attempt_at == NOW + timedelta(seconds=9)
+
+
+def test_last_attempt_dead_letters() -> None:
+    d = after_attempt(row(attempts=3), 3, result(Outcome.RETRYABLE, message="boom"), NOW)
+    assert d.phase is Phase.DEAD_LETTERED and d.reason == Reason.ATTEMPTS_EXHAUSTED
+    assert "3 of 3" in d.message
+
+
+def test_permanent_failure_dead_letters_at_once() -> None:
+    d = after_attempt(row(), 1, result(Outcome.PERMANENT, reason="HTTP400"), NOW)
+    assert d.phase is Phase.DEAD_LETTERED and d.reason == Reason.PERMANENT_FAILURE
+
+
+def test_status_of_completed_job_has_conditions_for_kubectl_wait() -> None:
+    doc = status_document(row(phase=Phase.COMPLETED, finished_at=NOW, reason="Succeeded"), NOW)
+    cond = {c["type"]: c for c in doc["conditions"]}
+    assert cond["Succeeded"]["status"] == "True" and cond["Failed"]["status"] == "False"
+    assert doc["completedAt"] == "2026-11-27T12:00:00Z"
+    assert doc["deadLetter"] is None
+
+
+def test_status_of_dead_letter() -> None:
+    doc = status_document(
+        row(
+            phase=Phase.DEAD_LETTERED,
+            finished_at=NOW,
+            attempts=3,
+            reason="AttemptsExhausted",
+            message="3 of 3",
+        ),
+        NOW,
+    )
+    assert doc["deadLetter"] == {
+        "reason": "AttemptsExhausted",
+        "message": "3 of 3",
+        "at": "2026-11-27T12:00:00Z",
+        "attempts": 3,
+    }
+    cond = {c["type"]: c for c in doc["conditions"]}
+    assert cond["Failed"]["status"] == "True"
