@@ -127,6 +127,16 @@ def connect(url: str, max_connections: int, timeout: float) -> Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
+def pool_stats(client: Redis) -> tuple[int, int]:
+    """(connections in use, connections open) of the client's pool, for metrics and tests.
+
+    redis-py exposes no public counters; these attributes are stable across 5.x-8.x.
+    """
+    pool = client.connection_pool
+    in_use = len(getattr(pool, "_in_use_connections", ()))
+    return in_use, in_use + len(getattr(pool, "_available_connections", ()))
+
+
 class Queue:
     def __init__(self, client: Redis, prefix: str) -> None:
         self.client = client

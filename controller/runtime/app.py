@@ -154,10 +154,9 @@ class App:
 
     async def _pool_gauges(self) -> None:
         while True:
-            pool = self.redis.connection_pool
-            in_use = len(getattr(pool, "_in_use_connections", ()))
+            in_use, opened = queue_mod.pool_stats(self.redis)
             self.metrics.pool_in_use.labels("redis").set(in_use)
-            self.metrics.pool_size.labels("redis").set(len(getattr(pool, "_connections", ())))
+            self.metrics.pool_size.labels("redis").set(opened)
             self.metrics.pool_in_use.labels("postgres").set(self.pool.get_size() - self.pool.get_idle_size())
             self.metrics.pool_size.labels("postgres").set(self.pool.get_size())
             await asyncio.sleep(2)

@@ -1,0 +1,106 @@
+"""A real HTTP target on loopback that behaves as each test needs and counts calls.
+
+Paths:
+  /ok                 200
+  /fail/{n}           503 for the first n calls of an Idempotency-Key, then 200
+  /status/{code}      always that status
+  /retry-after/{s}    429 with `Retry-After: s` on the first call of a key, then 200
+  /hang               never answers within any sane timeout
+  /hang-once          the first call of a key hangs, later ones get 200
+Every call is recorded with its arrival time, Idempotency-Key and headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Call:
+    path: str
+    key: str
+    at: float
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class Target:
+    calls: list[Call] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def by_key(self) -> Counter[str]:
+        return Counter(c.key for c in self.calls)
+
+    def calls_for(self, key: str) -> list[Call]:
+        return [c for c in self.calls if c.key == key]
+
+    async def _record(self, request: web.Request) -> int:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        key = request.headers.get("Idempotency-Key", "")
+        self.calls.append(Call(request.path, key, time.monotonic(), dict(request.headers), body))
+        return sum(1 for c in self.calls if c.key == key and c.path == request.path)
+
+    async def _ok(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.json_response({"ok": True})
+
+    async def _fail(self, request: web.Request) -> web.Response:
+        n = await self._record(request)
+        if n <= int(request.match_info["n"]):
+            return web.json_response({"ok": False}, status=503)
+        return web.json_response({"ok": True})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.json_response({}, status=int(request.match_info["code"]))
+
+    async def _retry_after(self, request: web.Request) -> web.Response:
+        n = await self._record(request)
+        if n == 1:
+            return web.json_response({}, status=429, headers={"Retry-After": request.match_info["s"]})
+        return web.json_response({"ok": True})
+
+    async def _hang(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        await asyncio.sleep(3600)
+        return web.json_response({})
+
+    async def _hang_once(self, request: web.Request) -> web.Response:
+        if await self._record(request) == 1:
+            await asyncio.sleep(3600)
+        return web.json_response({"ok": True})
+
+    async def start(self) -> Target:
+        app = web.Application()
+        app.router.add_route("*", "/ok", self._ok)
+        app.router.add_route("*", "/fail/{n}", self._fail)
+        app.router.add_route("*", "/status/{code}", self._status)
+        app.router.add_route("*", "/retry-after/{s}", self._retry_after)
+        app.router.add_route("*", "/hang", self._hang)
+        app.router.add_route("*", "/hang-once", self._hang_once)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
