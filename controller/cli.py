@@ -9,41 +9,35 @@ import logging
 import signal
 import sys
 
+import kopf
 from pydantic import ValidationError
 
+from controller.adapters.kube import Credentials
 from controller.settings import Settings, describe_error
 
 log = logging.getLogger("relayjob")
 
 
-def _credentials() -> object:
-    import kopf
-
-    from controller.adapters.kube import Credentials
-
-    settings = kopf.OperatorSettings()
-    info = kopf.login_via_client(logger=log, settings=settings)
+def _login() -> Credentials:
+    """The same identity kopf logs in with (kubeconfig or in-cluster), for our own API client."""
+    info = kopf.login_via_client(logger=log, settings=kopf.OperatorSettings())
     if info is None:
         raise RuntimeError("no Kubernetes credentials: set KUBECONFIG or run in a cluster")
     return Credentials.from_kopf(info)
 
 
 async def _run(settings: Settings) -> int:
-    import kopf
-
-    from controller.adapters.kube import Credentials
     from controller.handlers import WatchHealth, build_registry
     from controller.runtime import probes
     from controller.runtime.app import App, StartupError
 
     try:
-        credentials = _credentials()
-        assert isinstance(credentials, Credentials)
+        _login()
     except Exception as error:  # kubeconfig problems come in many exception types
         log.error("cannot log in to Kubernetes: %s", error, extra={"setting": "KUBECONFIG"})
         return 1
     try:
-        app = await App.start(settings, credentials)
+        app = await App.start(settings, _login)
     except StartupError as error:
         log.error("%s", error)
         return 1
@@ -52,7 +46,12 @@ async def _run(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     health = WatchHealth()
-    runner = await probes.serve(probes.build(app, health.problem), settings.http_port)
+    try:
+        runner = await probes.serve(probes.build(app, health.problem), settings.http_port)
+    except OSError as error:
+        log.error("RELAY_HTTP_PORT: cannot listen on port %d: %s", settings.http_port, error.strerror)
+        await app.close()
+        return 1
     kopf_task = asyncio.create_task(
         kopf.operator(
             registry=build_registry(app, health),

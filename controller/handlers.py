@@ -54,6 +54,10 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.peering.name = ours.peering_name
     settings.peering.priority = ours.peering_priority
     settings.peering.standalone = ours.standalone
+    # Auto-detect peering: use it when the KopfPeering CRDs are installed, run without it when not.
+    # Handlers are idempotent in the ledger, so two active replicas cost duplicate reads, never
+    # duplicate jobs; a mandatory peering would instead stall every stream until the CRD exists.
+    settings.peering.mandatory = False
     settings.batching.worker_limit = 1000
     settings.networking.request_timeout = 60
 
@@ -64,6 +68,10 @@ def build_registry(app: App, health: WatchHealth) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     def _startup(*, settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, app.settings)
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def _event(*, type: str, body: kopf.Body, **_: Any) -> None:

@@ -12,7 +12,7 @@ import base64
 import ssl
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -116,13 +116,16 @@ class KubeClient:
         instance: str,
         secret_cache_seconds: float,
         max_connections: int = 64,
+        refresh: Callable[[], Credentials] | None = None,
     ) -> None:
+        """`refresh` re-reads credentials after a 401: in a pod the projected ServiceAccount token
+        is rotated by the kubelet, and a token read at start-up eventually expires."""
         self.credentials = credentials
         self.component = component
         self.instance = instance
+        self._refresh = refresh
         self._session = aiohttp.ClientSession(
             base_url=credentials.server,
-            headers=credentials.headers,
             connector=aiohttp.TCPConnector(ssl=credentials.ssl, limit=max_connections),
             timeout=aiohttp.ClientTimeout(total=30, connect=5),
         )
@@ -136,7 +139,17 @@ class KubeClient:
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         """One API call; transport failures surface as KubeError with status 0."""
         try:
-            async with self._session.request(method, path, **kwargs) as response:
+            return await self._send(method, path, **kwargs)
+        except KubeError as error:
+            if error.status != 401 or self._refresh is None:
+                raise
+            self.credentials = self._refresh()
+            return await self._send(method, path, **kwargs)
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+        headers = {**self.credentials.headers, **kwargs.pop("headers", {})}
+        try:
+            async with self._session.request(method, path, headers=headers, **kwargs) as response:
                 if response.status >= 300:
                     body = await response.text()
                     raise KubeError(response.status, body[:300])
@@ -198,7 +211,8 @@ class KubeClient:
                         "g=meta.k8s.io;v=v1,application/json"
                     },
                 )
-                found.update(UUID(item["metadata"]["uid"]) for item in page.get("items", []))
+                # An empty list comes back as `"items": null`, not `[]`.
+                found.update(UUID(item["metadata"]["uid"]) for item in page.get("items") or [])
                 token = page.get("metadata", {}).get("continue")
                 if not token:
                     break

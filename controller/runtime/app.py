@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -97,9 +98,12 @@ class App:
     identity: str
 
     @classmethod
-    async def start(cls, settings: Settings, credentials: Credentials) -> App:
+    async def start(cls, settings: Settings, login: Callable[[], Credentials]) -> App:
+        """`login` reads the process's Kubernetes credentials; it is called again after a 401."""
         identity = f"{socket.gethostname()}-{os.getpid()}"
-        kube = KubeClient(credentials, "relayjob-operator", identity, settings.secret_cache_seconds)
+        kube = KubeClient(
+            login(), "relayjob-operator", identity, settings.secret_cache_seconds, refresh=login
+        )
         return await cls.assemble(settings, kube, identity)
 
     @classmethod

@@ -41,7 +41,9 @@ def configure(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # kopf logs every handled event at INFO; at our volumes that drowns the lines users need.
-    logging.getLogger("kopf").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    logging.getLogger("kopf").setLevel(
+        logging.DEBUG if level == "DEBUG" else max(logging.getLevelName(level), logging.WARNING)
+    )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 

@@ -28,6 +28,7 @@ from controller.runtime.logs import job_fields
 from controller.runtime.worker import TRANSIENT
 
 log = logging.getLogger("relayjob.reconciler")
+ADMISSION_GRACE_SECONDS = 2.0
 
 
 class Reconciler:
@@ -59,13 +60,18 @@ class Reconciler:
             if row is not None and self._watched(row.ref.namespace):
                 await self.forget(uid)
         rows = await self.ledger.active()
-        cutoff = datetime.now(UTC) - timedelta(seconds=self.lease_seconds)
+        now = datetime.now(UTC)
+        cutoff = now - timedelta(seconds=self.lease_seconds)
         # A job Processing for less than one lease may be running right now on a worker whose
-        # heartbeat will re-create its lease; re-queueing it would run it twice.
+        # heartbeat will re-create its lease; re-queueing it would run it twice. A job admitted
+        # a moment ago may not have reached Redis yet; its admission is placing it right now.
+        fresh = now - timedelta(seconds=ADMISSION_GRACE_SECONDS)
         items = [
             placement(r)
             for r in rows
-            if r.ref.uid in live and (r.phase is not Phase.PROCESSING or (r.started_at or cutoff) <= cutoff)
+            if r.ref.uid in live
+            and (r.phase is not Phase.PROCESSING or (r.started_at or cutoff) <= cutoff)
+            and (r.phase is not Phase.QUEUED or (r.queued_at or fresh) <= fresh)
         ]
         placed = await self.queue.place(items, int(time.time() * 1000), only_missing=True)
         if placed:

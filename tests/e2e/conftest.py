@@ -1,0 +1,63 @@
+"""e2e fixtures: the operator as a real process against the sandbox control plane, Redis and
+PostgreSQL; each test module gets a database, a Redis key prefix and a namespace of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from tests.support.operator import OperatorProcess
+
+
+async def _create_database(dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def operator_env(control_plane: Any, redis_server: Any, postgres_server: Any) -> dict[str, str]:
+    """Settings for operators of this module: a fresh database and key prefix, one namespace."""
+    suffix = uuid.uuid4().hex[:8]
+    database = f"e2e_{suffix}"
+    asyncio.run(_create_database(postgres_server.dsn, database))
+    namespace = f"e2e-{suffix}"
+    control_plane.kubectl("create", "namespace", namespace)
+    return {
+        "KUBECONFIG": str(control_plane.kubeconfig),
+        "RELAY_REDIS_URL": redis_server.url,
+        "RELAY_DATABASE_URL": urlunsplit(urlsplit(postgres_server.dsn)._replace(path=f"/{database}")),
+        "RELAY_KEY_PREFIX": f"e2e{suffix}",
+        "RELAY_NAMESPACES": namespace,
+        "RELAY_PEERING_NAME": f"relay-{suffix}",
+        "RELAY_LOG_FORMAT": "json",
+        "RELAY_STATUS_FLUSH_SECONDS": "0.1",
+        "RELAY_LEASE_SECONDS": "5",
+        "RELAY_RECONCILE_INTERVAL_SECONDS": "5",
+        "RELAY_STANDALONE": "true",
+    }
+
+
+@pytest.fixture(scope="module")
+def namespace(operator_env: dict[str, str]) -> str:
+    return operator_env["RELAY_NAMESPACES"]
+
+
+@pytest.fixture(scope="module")
+def operator(
+    operator_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    log = Path(tmp_path_factory.mktemp("operator")) / "operator.log"
+    process = OperatorProcess(operator_env, log).start()
+    yield process
+    code = process.stop()
+    assert code == 0, f"operator exited {code} on SIGTERM:\n{process.logs()[-3000:]}"
