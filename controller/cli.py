@@ -107,16 +107,24 @@ def run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: relayjob-operator {run,sandbox,demo} ...", file=sys.stderr)
+        print("usage: relayjob-operator {run,dev,sandbox} ...\n"
+              "  run      run the operator against the current kube context\n"
+              "  dev      run it with a sample RelayJob, in a sandbox when no context answers\n"
+              "  sandbox  start/stop local etcd, kube-apiserver, redis-server and PostgreSQL",
+              file=sys.stderr)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "run":
         return run(rest)
+    if command == "dev":
+        from controller.sandbox.dev import dev_main
+
+        return dev_main(rest)
     if command == "sandbox":
         from controller.sandbox.cli import sandbox_main
 
         return sandbox_main(rest)
-    print(f"unknown command {command!r}; use run or sandbox", file=sys.stderr)
+    print(f"unknown command {command!r}; use run, dev or sandbox", file=sys.stderr)
     return 2
 
 

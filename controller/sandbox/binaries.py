@@ -420,3 +420,21 @@ def find_openssl(env: Mapping[str, str] | None = None) -> Path:
     if found is None:
         raise BinaryError("openssl not found: install it (Debian/Ubuntu: `apt-get install openssl`)")
     return Path(found)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m controller.sandbox.binaries [TOOL ...]`: build or locate the tools, print paths."""
+    import sys
+
+    tools = list(argv if argv is not None else sys.argv[1:]) or list(ALL_TOOLS)
+    try:
+        for tool, path in Binaries().ensure_all(tools).items():
+            print(f"{tool} {path}")
+    except BinaryError as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -69,7 +70,7 @@ async def test_fails_twice_then_succeeds(app: App, cluster: RecordingCluster, ta
     assert status["result"] == {"httpStatus": 200} and "lastError" not in status
     calls = target.calls_for(str(ref.uid))
     assert len(calls) == 3
-    gaps = [b.at - a.at for a, b in zip(calls, calls[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(calls)]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # initialSeconds * multiplier**retries, no jitter
     history = await app.ledger.attempts_of(ref.uid)
     assert [a["outcome"] for a in history] == ["retryable", "retryable", "succeeded"]
