@@ -107,11 +107,13 @@ def run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: relayjob-operator {run,dev,sandbox} ...\n"
-              "  run      run the operator against the current kube context\n"
-              "  dev      run it with a sample RelayJob, in a sandbox when no context answers\n"
-              "  sandbox  start/stop local etcd, kube-apiserver, redis-server and PostgreSQL",
-              file=sys.stderr)
+        print(
+            "usage: relayjob-operator {run,dev,sandbox} ...\n"
+            "  run      run the operator against the current kube context\n"
+            "  dev      run it with a sample RelayJob, in a sandbox when no context answers\n"
+            "  sandbox  start/stop local etcd, kube-apiserver, redis-server and PostgreSQL",
+            file=sys.stderr,
+        )
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "run":

@@ -82,15 +82,21 @@ class StatusWriter:
         rows = await self._ledger.get_many(uids)
         now = datetime.now(UTC)
         todo = [r for r in rows.values() if not r.deleted and self._written.get(r.ref.uid) != r.version]
-        failures = [
-            e
-            for e in await asyncio.gather(*(self._write(r, now) for r in todo), return_exceptions=True)
-            if e is not None
-        ]
+        results = await asyncio.gather(*(self._write(r, now) for r in todo), return_exceptions=True)
+        failures = [e for e in results if isinstance(e, BaseException)]
         if failures:
-            raise failures[0] if isinstance(failures[0], Exception) else RuntimeError(failures[0])
+            raise failures[0]
+        # Another replica may have recorded a newer transition and written its status between our
+        # read and our patch, so our older document could now be the one the API server holds.
+        # Whoever patched last re-reads: if the ledger moved on, it writes again. The ledger is
+        # linearisable, so this always ends with the newest status in place.
+        written = [r for r, ok in zip(todo, results, strict=True) if ok is True]
+        if written:
+            latest = await self._ledger.get_many([r.ref.uid for r in written])
+            self.mark(r.ref.uid for r in written if latest[r.ref.uid].version != r.version)
 
-    async def _write(self, row: JobRow, now: datetime) -> None:
+    async def _write(self, row: JobRow, now: datetime) -> bool:
+        """Patch one status; True when the document reached the RelayJob."""
         async with self._limit:
             try:
                 exists = await self._kube.patch_status(row.ref, status_document(row, now))
@@ -99,9 +105,10 @@ class StatusWriter:
                     self._dirty.add(row.ref.uid)
                     raise
                 log.error("status patch refused: %s", error, extra=job_fields(row.ref))
-                return
+                return False
         self._metrics.status_writes.inc()
         if exists and not row.phase.terminal:
             self._written[row.ref.uid] = row.version
         else:
             self._written.pop(row.ref.uid, None)
+        return exists

@@ -7,6 +7,7 @@ Paths:
   /retry-after/{s}    429 with `Retry-After: s` on the first call of a key, then 200
   /hang               never answers within any sane timeout
   /hang-once          the first call of a key hangs, later ones get 200
+  /hang-first/{n}     the first n calls to this path hang, later ones get 200
 Every call is recorded with its arrival time, Idempotency-Key and headers.
 """
 
@@ -84,6 +85,12 @@ class Target:
             await asyncio.sleep(3600)
         return web.json_response({"ok": True})
 
+    async def _hang_first(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if sum(1 for c in self.calls if c.path == request.path) <= int(request.match_info["n"]):
+            await asyncio.sleep(3600)
+        return web.json_response({"ok": True})
+
     async def start(self) -> Target:
         app = web.Application()
         app.router.add_route("*", "/ok", self._ok)
@@ -92,6 +99,7 @@ class Target:
         app.router.add_route("*", "/retry-after/{s}", self._retry_after)
         app.router.add_route("*", "/hang", self._hang)
         app.router.add_route("*", "/hang-once", self._hang_once)
+        app.router.add_route("*", "/hang-first/{n}", self._hang_first)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -104,3 +112,24 @@ class Target:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class ThreadedTarget:
+    """The same target served from a thread of its own, for synchronous (e2e) tests."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.target = Target()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> Target:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.target.start(), self._loop).result(10)
+        return self.target
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.target.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

@@ -1,0 +1,192 @@
+"""The contract's semantics through the real API server, with operators as real processes:
+SIGKILL mid-flight, two replicas, re-drive, suspend, delete and TTL via kubectl."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.operator import OperatorProcess
+from tests.support.target import Target, ThreadedTarget
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    with ThreadedTarget() as served:
+        yield served
+
+
+@pytest.fixture
+def start_operator(operator_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    started: list[OperatorProcess] = []
+
+    def start(name: str = "op", **extra: str) -> OperatorProcess:
+        process = OperatorProcess({**operator_env, **extra}, tmp_path / f"{name}.log").start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def apply(kube: Any, ns: str, jobs: dict[str, dict[str, Any]]) -> None:
+    docs = [
+        json.dumps(
+            {"apiVersion": "relay.dev/v1alpha1", "kind": "RelayJob", "metadata": {"name": name}, "spec": spec}
+        )
+        for name, spec in jobs.items()
+    ]
+    kube.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(docs), timeout=300)
+
+
+def get(kube: Any, ns: str, name: str) -> dict[str, Any]:
+    return dict(json.loads(kube.kubectl("get", "-n", ns, f"rj/{name}", "-o", "json").stdout))
+
+
+def all_jobs(kube: Any, ns: str) -> list[dict[str, Any]]:
+    return list(json.loads(kube.kubectl("get", "-n", ns, "rj", "-o", "json", timeout=300).stdout)["items"])
+
+
+def wait_phase(kube: Any, ns: str, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = get(kube, ns, name)
+        if obj.get("status", {}).get("phase") == phase:
+            return obj
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} is {obj.get('status')}, not {phase}")
+        time.sleep(0.3)
+
+
+def wait_all(kube: Any, ns: str, phase: str, count: int, timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        items = all_jobs(kube, ns)
+        done = [i for i in items if i.get("status", {}).get("phase") == phase]
+        if len(done) >= count:
+            return items
+        if time.monotonic() > deadline:
+            phases = sorted({i.get("status", {}).get("phase", "-") for i in items})
+            raise AssertionError(f"{len(done)} of {count} are {phase}; phases seen: {phases}")
+        time.sleep(1)
+
+
+def clean(kube: Any, ns: str) -> None:
+    kube.kubectl("delete", "-n", ns, "rj", "--all", "--wait=true", timeout=300)
+
+
+def test_sigkill_mid_flight_then_restart(
+    control_plane: Any, namespace: str, target: Target, start_operator: Any
+) -> None:
+    n = 60
+    url = target.url("/hang-first/10")
+    apply(
+        control_plane,
+        namespace,
+        {f"kill-{i}": {"target": {"http": {"url": url}}, "timeoutSeconds": 60} for i in range(n)},
+    )
+    first = start_operator("first")
+    deadline = time.monotonic() + 60
+    while len(target.calls) < 10 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(target.calls) == 10, first.logs()[-2000:]  # all ten slots hang on their attempt
+    first.kill()  # SIGKILL with attempts in flight: nothing recorded, leases left behind
+    start_operator("second")
+    items = wait_all(control_plane, namespace, "Completed", n, timeout=120)
+    calls = target.by_key()
+    for item in items:
+        uid, attempts = item["metadata"]["uid"], item["status"]["attempts"]
+        # Each attempt reached the target at most once: executions never exceed attempts.
+        assert calls[uid] <= attempts
+        assert calls[uid] >= 1
+    hung = [i for i in items if i["status"]["attempts"] == 2]
+    assert len(hung) == 10  # the ten killed in flight: lease expired, re-queued, counted
+    clean(control_plane, namespace)
+
+
+def test_two_replicas_share_500_jobs(
+    control_plane: Any, namespace: str, target: Target, start_operator: Any
+) -> None:
+    target.calls.clear()
+    n = 500
+    a = start_operator("a", RELAY_STANDALONE="false", RELAY_PEERING_PRIORITY="10")
+    b = start_operator("b", RELAY_STANDALONE="false", RELAY_PEERING_PRIORITY="5")
+    apply(
+        control_plane,
+        namespace,
+        {f"rep-{i}": {"target": {"http": {"url": target.url("/ok")}}} for i in range(n)},
+    )
+    items = wait_all(control_plane, namespace, "Completed", n, timeout=180)
+    by_key = target.by_key()
+    assert len(by_key) == n and set(by_key.values()) == {1}
+    assert all(i["status"]["attempts"] == 1 for i in items)
+    workers = {
+        json.loads(line).get("identity")
+        for p in (a, b)
+        for line in p.logs().splitlines()
+        if '"operator started"' in line
+    }
+    assert len(workers) == 2
+    clean(control_plane, namespace)
+
+
+def test_redrive_suspend_delete_and_ttl(
+    control_plane: Any, namespace: str, target: Target, start_operator: Any
+) -> None:
+    op = start_operator("semantics")
+    fast = {"initialSeconds": 0.2, "maxSeconds": 1, "jitter": False}
+    apply(
+        control_plane,
+        namespace,
+        {
+            "dead": {
+                "target": {"http": {"url": target.url("/status/500")}},
+                "maxAttempts": 2,
+                "backoff": fast,
+            },
+            "held": {"target": {"noop": {}}, "suspend": True},
+            "gone": {"target": {"noop": {}}, "delaySeconds": 3600},
+            "brief": {"target": {"noop": {}}, "ttlSecondsAfterFinished": 2},
+        },
+    )
+    dead = wait_phase(control_plane, namespace, "dead", "DeadLettered")
+    assert dead["status"]["deadLetter"]["attempts"] == 2
+    assert dead["status"]["deadLetter"]["reason"] == "AttemptsExhausted"
+    failed = control_plane.kubectl(
+        "wait", "-n", namespace, "--for=condition=Failed", "rj/dead", "--timeout=5s", check=False
+    )
+    assert failed.returncode == 0, failed.stderr
+    reasons = json.loads(
+        control_plane.kubectl(
+            "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=dead", "-o", "json"
+        ).stdout
+    )
+    assert "DeadLettered" in {e["reason"] for e in reasons["items"]}
+
+    control_plane.kubectl("annotate", "-n", namespace, "rj/dead", "relay.dev/redrive=1", "--overwrite")
+    redriven = wait_phase(control_plane, namespace, "dead", "Retrying", timeout=30)
+    assert redriven["status"]["attempts"] == 1
+
+    wait_phase(control_plane, namespace, "held", "Suspended")
+    control_plane.kubectl(
+        "patch", "-n", namespace, "rj/held", "--type=merge", "-p", '{"spec":{"suspend":false}}'
+    )
+    wait_phase(control_plane, namespace, "held", "Completed")
+
+    wait_phase(control_plane, namespace, "gone", "Queued")
+    control_plane.kubectl("delete", "-n", namespace, "rj/gone")
+
+    deadline = time.monotonic() + 30
+    while control_plane.kubectl("get", "-n", namespace, "rj/brief", check=False).returncode == 0:
+        assert time.monotonic() < deadline, "ttlSecondsAfterFinished did not delete rj/brief"
+        time.sleep(0.5)
+    assert op.probe("/healthz") == 200
+    clean(control_plane, namespace)

@@ -1,0 +1,60 @@
+"""Status written by two replicas converges on the ledger's newest state."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from controller.adapters.ledger import Settle
+from controller.model.jobs import JobRef
+from controller.model.phases import Phase
+from controller.runtime.app import App
+from controller.runtime.status import StatusWriter
+from tests.integration.conftest import RecordingCluster, new_ref
+
+pytestmark = pytest.mark.integration
+
+
+class SlowPatches(RecordingCluster):
+    """The same store as `inner`, reached over a slow link: patches land late."""
+
+    def __init__(self, inner: RecordingCluster, delay: float) -> None:
+        self.__dict__ = inner.__dict__
+        self.delay = delay
+
+    async def patch_status(self, ref: JobRef, status: dict[str, Any]) -> bool:
+        await asyncio.sleep(self.delay)
+        return await super().patch_status(ref, status)
+
+
+async def test_late_stale_patch_from_another_replica_is_repaired(app: App, cluster: RecordingCluster) -> None:
+    ref = new_ref("raced")
+    await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
+    replica_b = StatusWriter(app.ledger, SlowPatches(cluster, 0.5), app.metrics, 0, 4)
+    stale = asyncio.create_task(replica_b.flush([ref.uid]))  # reads Queued now, patches it late
+    await asyncio.sleep(0.1)
+    (row,) = (await app.ledger.start_attempts([str(ref.uid)])).started
+    await app.ledger.settle(
+        [
+            Settle(
+                uid=ref.uid,
+                run=row.run,
+                attempt=row.attempts,
+                phase=Phase.COMPLETED,
+                reason="Succeeded",
+                message="ok",
+                outcome="succeeded",
+            )
+        ]
+    )
+    await app.status.flush([ref.uid])  # replica A writes Completed first...
+    assert cluster.status[ref.uid]["phase"] == "Completed"
+    await stale  # ...then B's Queued lands on top of it
+    flusher = asyncio.create_task(replica_b.run())
+    try:
+        await asyncio.wait_for(replica_b.wait_idle(), 5)
+    finally:
+        flusher.cancel()
+    assert cluster.status[ref.uid]["phase"] == "Completed"
