@@ -30,6 +30,13 @@ class KubeError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
+        self.body = message
+
+
+def _failed_test(error: KubeError) -> bool:
+    """A JSON patch `test` that failed: 422 Invalid with no field causes (a schema violation, also
+    422, always lists its causes)."""
+    return '"causes"' not in error.body and '"Invalid"' in error.body
 
 
 class Credentials:
@@ -152,7 +159,7 @@ class KubeClient:
             async with self._session.request(method, path, headers=headers, **kwargs) as response:
                 if response.status >= 300:
                     body = await response.text()
-                    raise KubeError(response.status, body[:300])
+                    raise KubeError(response.status, body[:2000])
                 if response.content_type == "application/json":
                     return await response.json()
                 return None
@@ -163,21 +170,26 @@ class KubeClient:
         return f"/apis/{GROUP}/{VERSION}/namespaces/{ref.namespace}/{PLURAL}/{ref.name}"
 
     async def patch_status(self, ref: JobRef, status: dict[str, Any]) -> bool:
-        """Merge-patch `.status`; False when the RelayJob (with this uid) no longer exists.
+        """Replace `.status` with `status`; False when no RelayJob with this uid exists any more.
 
-        The uid precondition stops a status meant for a deleted job landing on a new object that
-        reuses its name.
+        A JSON patch whose first operation tests `metadata.uid` keeps a status meant for a deleted
+        job off a new object that reuses its name (a merge patch on the status subresource ignores
+        metadata, so it cannot carry that precondition). A conflict (409) is transient: the API
+        server ran out of its own retries under contention, and the caller must try again.
         """
-        body = {"metadata": {"uid": str(ref.uid)}, "status": status}
+        body = [
+            {"op": "test", "path": "/metadata/uid", "value": str(ref.uid)},
+            {"op": "add", "path": "/status", "value": {k: v for k, v in status.items() if v is not None}},
+        ]
         try:
             await self._request(
                 "PATCH",
                 self._job_path(ref) + "/status",
                 json=body,
-                headers={"Content-Type": "application/merge-patch+json"},
+                headers={"Content-Type": "application/json-patch+json"},
             )
         except KubeError as error:
-            if error.status in (404, 409):
+            if error.status == 404 or (error.status == 422 and _failed_test(error)):
                 return False
             raise
         return True

@@ -54,8 +54,12 @@ class Reconciler:
 
     async def rebuild(self) -> int:
         """Put missing active jobs back; returns how many were re-queued."""
+        # The ledger first, the API second: a row exists only after its RelayJob was created, so
+        # a row missing from a list taken afterwards is truly gone. The other order cancels jobs
+        # admitted between the two reads.
+        known = await self.ledger.live_uids()
         live = await self.kube.list_job_uids(self.namespaces)
-        for uid in await self.ledger.live_uids() - live:
+        for uid in known - live:
             row = await self.ledger.get(uid)
             if row is not None and self._watched(row.ref.namespace):
                 await self.forget(uid)

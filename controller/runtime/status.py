@@ -101,7 +101,7 @@ class StatusWriter:
             try:
                 exists = await self._kube.patch_status(row.ref, status_document(row, now))
             except KubeError as error:
-                if error.status == 0 or error.status >= 500 or error.status == 429:
+                if error.status in (0, 409, 429) or error.status >= 500:
                     self._dirty.add(row.ref.uid)
                     raise
                 log.error("status patch refused: %s", error, extra=job_fields(row.ref))

@@ -126,8 +126,9 @@ def test_two_replicas_share_500_jobs(
     )
     items = wait_all(control_plane, namespace, "Completed", n, timeout=180)
     by_key = target.by_key()
-    assert len(by_key) == n and set(by_key.values()) == {1}
-    assert all(i["status"]["attempts"] == 1 for i in items)
+    assert len(by_key) == n
+    # At-least-once: a lease that expired under load is a new attempt, never an uncounted one.
+    assert all(by_key[i["metadata"]["uid"]] <= i["status"]["attempts"] for i in items)
     workers = {
         json.loads(line).get("identity")
         for p in (a, b)

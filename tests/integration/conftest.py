@@ -58,12 +58,7 @@ class RecordingCluster:
     async def patch_status(self, ref: JobRef, status: dict[str, Any]) -> bool:
         if ref.uid not in self.jobs:
             return False
-        merged = self.status.setdefault(ref.uid, {})
-        for key, value in status.items():
-            if value is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = value
+        self.status[ref.uid] = {k: v for k, v in status.items() if v is not None}
         self.patches[ref.uid] = self.patches.get(ref.uid, 0) + 1
         return True
 

@@ -1,4 +1,4 @@
-"""Status written by two replicas converges on the ledger's newest state."""
+"""Races between replicas and between the reconciler and admission, on real Redis and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -58,3 +58,27 @@ async def test_late_stale_patch_from_another_replica_is_repaired(app: App, clust
     finally:
         flusher.cancel()
     assert cluster.status[ref.uid]["phase"] == "Completed"
+
+
+class StaleList(RecordingCluster):
+    """A list that answers with the RelayJobs that existed when it was asked, after a delay."""
+
+    def __init__(self, inner: RecordingCluster, delay: float) -> None:
+        self.__dict__ = inner.__dict__
+        self.delay = delay
+
+    async def list_job_uids(self, namespaces: Any) -> set[Any]:
+        snapshot = set(self.jobs)
+        await asyncio.sleep(self.delay)
+        return snapshot
+
+
+async def test_reconcile_never_cancels_a_job_admitted_during_it(app: App, cluster: RecordingCluster) -> None:
+    app.reconciler.kube = StaleList(cluster, 0.3)
+    rebuild = asyncio.create_task(app.reconciler.rebuild())
+    await asyncio.sleep(0.1)
+    ref = new_ref("just-created")
+    await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
+    await rebuild
+    row = await app.ledger.get(ref.uid)
+    assert row is not None and not row.deleted and row.phase is Phase.QUEUED
