@@ -58,6 +58,9 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     # Handlers are idempotent in the ledger, so two active replicas cost duplicate reads, never
     # duplicate jobs; a mandatory peering would instead stall every stream until the CRD exists.
     settings.peering.mandatory = False
+    # Watching listed namespaces needs no cluster-wide discovery; without this kopf lists
+    # Namespaces and CRDs cluster-wide, which a namespaced RBAC refuses, and retries for a minute.
+    settings.scanning.disabled = bool(ours.namespaces)
     settings.batching.worker_limit = 1000
     settings.networking.request_timeout = 60
 

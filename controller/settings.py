@@ -6,6 +6,7 @@ traceback: a misconfigured operator must be obvious in `kubectl logs`, not a cra
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -41,7 +42,9 @@ class Settings(BaseSettings):
     key_prefix: str = Field(default="relay", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:.-]+$")
     http_port: int = Field(default=8080, ge=0, le=65535)
     peering_name: str = Field(default="relayjob-operator", min_length=1)
-    peering_priority: int = Field(default=0)
+    # Replicas with equal priorities all pause (kopf #51, #734): unless set, each process draws its
+    # own, so exactly one of several replicas handles RelayJob events at a time.
+    peering_priority: int = Field(default_factory=lambda: secrets.randbelow(1_000_000) + 1)
     standalone: bool = False
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: str = Field(default="json", pattern=r"^(json|text)$")

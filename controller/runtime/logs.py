@@ -11,6 +11,7 @@ from typing import Any
 from controller.model.jobs import JobRef
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+_PLAIN = (str, int, float, bool, dict, list, type(None))
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,9 +23,9 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                plain = isinstance(value, str | int | float | bool | dict | list | None)
-                doc[key] = value if plain else str(value)
+            # Only plain values: libraries attach whole objects (kopf its settings) to records.
+            if key not in _STANDARD and not key.startswith("_") and isinstance(value, _PLAIN):
+                doc[key] = value
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc, ensure_ascii=False, default=str)
