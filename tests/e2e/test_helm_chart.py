@@ -1,0 +1,717 @@
+"""The Helm chart against a real control plane with RBAC authorization on.
+
+The proof that the chart's RBAC is sufficient is the operator itself: after `helm install`, it
+runs locally under the chart's ServiceAccount (a TokenRequest token in a kubeconfig of its own)
+and must take RelayJobs through their whole life, including the paths that need extra rights
+(a Secret for headersFrom, Events, deletion after ttlSecondsAfterFinished, kopf peering). The
+proof that it is not more than needed is the API server's own answer, as that ServiceAccount:
+a SelfSubjectRulesReview and `kubectl auth can-i`.
+
+No pod runs here (there is no kubelet): the Deployment is checked as an object, the process is ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import yaml
+
+from controller.sandbox.binaries import BinaryError
+from controller.sandbox.sandbox import CONTROL_PLANE, KubeClient, Sandbox
+from controller.sandbox.servers import PostgresServer, RedisServer
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "relayjob-operator"
+NAMESPACED_VALUES = CHART / "ci" / "namespaced-values.yaml"
+SUFFIX = uuid.uuid4().hex[:6]
+
+# Granted to every authenticated user by the default roles; not the chart's doing.
+SELF_REVIEWS = {
+    "selfsubjectreviews.authentication.k8s.io",
+    "selfsubjectaccessreviews.authorization.k8s.io",
+    "selfsubjectrulesreviews.authorization.k8s.io",
+}
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "*"}
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClient]:
+    """A control plane of this module's own, without any CRD, so that `helm install` is what
+    installs them and `helm uninstall` is seen to leave them (the shared one has the CRD already)."""
+    if os.environ.get("RELAY_E2E_USE_KUBECONFIG") == "1":
+        yield request.getfixturevalue("control_plane")
+        return
+    sandbox = Sandbox(tmp_path_factory.mktemp("helm-cluster"), components=CONTROL_PLANE, crd=None, helm=True)
+    try:
+        try:
+            sandbox.up()
+        except BinaryError as error:
+            pytest.fail(str(error), pytrace=False)
+        yield sandbox.kube_client()
+    finally:
+        sandbox.down()
+
+
+@dataclass
+class Release:
+    name: str
+    namespace: str
+    service_account: str
+    peering: str
+    watched: list[str]
+    notes: str
+
+
+def helm_install(cluster: KubeClient, name: str, namespace: str, *args: str) -> Release:
+    result = cluster.helm("install", name, str(CHART), "--namespace", namespace, *args)
+    status = json.loads(cluster.helm("status", name, "-n", namespace, "-o", "json").stdout)
+    assert status["info"]["status"] == "deployed"
+    values = json.loads(cluster.helm("get", "values", name, "-n", namespace, "--all", "-o", "json").stdout)
+    fullname = f"{name}-relayjob-operator"
+    watched = (values["watchNamespaces"] or [namespace]) if values["scope"] == "namespaced" else []
+    return Release(name, namespace, fullname, fullname, watched, result.stdout)
+
+
+def create_namespaces(cluster: KubeClient, *names: str) -> None:
+    for name in names:
+        if cluster.kubectl("get", "namespace", name, check=False).returncode != 0:
+            cluster.kubectl("create", "namespace", name)
+
+
+@pytest.fixture(scope="module")
+def cluster_release(
+    cluster: KubeClient, redis_server: RedisServer, postgres_server: PostgresServer
+) -> Release:
+    namespace = f"relay-system-{SUFFIX}"
+    create_namespaces(cluster, namespace)
+    # The Secrets the default values name, as a user creates them before installing.
+    for secret, url in (("relayjob-redis", redis_server.url), ("relayjob-postgresql", postgres_server.dsn)):
+        cluster.kubectl("-n", namespace, "create", "secret", "generic", secret, f"--from-literal=url={url}")
+    return helm_install(cluster, f"rj-{SUFFIX}", namespace)
+
+
+@pytest.fixture(scope="module")
+def namespaced_release(cluster: KubeClient) -> Release:
+    namespace = f"relay-ns-{SUFFIX}"
+    watched = yaml.safe_load(NAMESPACED_VALUES.read_text())["watchNamespaces"]
+    # The watched namespaces are fixed by the CI values file; the release namespace is not among
+    # them, which shows the operator needs nothing in its own namespace either.
+    create_namespaces(cluster, namespace, *watched, f"outside-{SUFFIX}")
+    return helm_install(cluster, f"rjns-{SUFFIX}", namespace, "-f", str(NAMESPACED_VALUES))
+
+
+# -- the operator as the chart's ServiceAccount -------------------------------------------------
+
+
+def service_account_kubeconfig(cluster: KubeClient, release: Release, path: Path) -> Path:
+    """A kubeconfig that authenticates as the release's ServiceAccount and nothing else."""
+    token = cluster.kubectl(
+        "create", "token", release.service_account, "-n", release.namespace, "--duration=1h"
+    ).stdout.strip()
+    admin = yaml.safe_load(
+        cluster.kubectl("config", "view", "--raw", "--minify", "--flatten", "-o", "yaml").stdout
+    )
+    server = admin["clusters"][0]["cluster"]
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cluster", "cluster": server}],
+        "users": [{"name": release.service_account, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "cluster", "user": release.service_account}}],
+        "current-context": "sa",
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        yaml.safe_dump(document, handle)
+    return path
+
+
+def as_sa(
+    cluster: KubeClient, kubeconfig: Path, *args: str, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(cluster.kubectl_path), f"--kubeconfig={kubeconfig}", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _create_database(dsn: str, name: str) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+
+@dataclass
+class Operator:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def lines(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines()
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+
+@contextlib.contextmanager
+def run_operator(
+    kubeconfig: Path,
+    release: Release,
+    redis_server: RedisServer,
+    postgres_server: PostgresServer,
+    log: Path,
+) -> Iterator[Operator]:
+    database = f"helm_{release.name.replace('-', '_')}"
+    asyncio.run(_create_database(postgres_server.dsn, database))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_") and k != "KUBECONFIG"}
+    env.update(
+        KUBECONFIG=str(kubeconfig),
+        RELAY_REDIS_URL=redis_server.url,
+        RELAY_DATABASE_URL=urlunsplit(urlsplit(postgres_server.dsn)._replace(path=f"/{database}")),
+        RELAY_KEY_PREFIX=release.name.replace("-", ""),
+        RELAY_NAMESPACES=",".join(release.watched),
+        # The peering object the chart created: kopf stays paused until it sees it.
+        RELAY_PEERING_NAME=release.peering,
+        RELAY_HTTP_PORT=str(port),
+        RELAY_LOG_FORMAT="json",
+        RELAY_LOG_LEVEL="INFO",
+    )
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "controller", "run"], cwd=REPO, env=env, stdout=sink, stderr=sink
+        )
+    operator = Operator(process, port, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"operator exited {process.returncode}:\n{log.read_text()[-4000:]}")
+            with contextlib.suppress(OSError):
+                if operator.get("/healthz")[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"operator did not serve /healthz within 60s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.2)
+        yield operator
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def forbidden_lines(operator: Operator) -> list[str]:
+    return [
+        line
+        for line in operator.lines()
+        if "forbidden" in line.lower() or "not enough permissions" in line.lower() or " 403" in line
+    ]
+
+
+# -- a local HTTP target for the http executor ---------------------------------------------------
+
+
+@dataclass
+class Target:
+    port: int = 0
+    calls: list[dict[str, str]] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    state = Target()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            state.calls.append({k.lower(): v for k, v in self.headers.items()})
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def apply(cluster: KubeClient, namespace: str, document: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
+
+
+def relayjob(name: str, target: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "relay.dev/v1alpha1",
+        "kind": "RelayJob",
+        "metadata": {"name": name},
+        "spec": {"payload": {"test": name}, "target": target, **spec},
+    }
+
+
+def exercise(
+    cluster: KubeClient, namespace: str, target: Target, operator: Operator, *, first_timeout: int
+) -> None:
+    """Every API path the operator has: watch, status, Events, a Secret, delete, peering."""
+    secret_value = f"Bearer {uuid.uuid4().hex}"
+    apply(cluster, namespace, relayjob("hello", {"noop": {}}))
+    cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Succeeded", "relayjob/hello", f"--timeout={first_timeout}s",
+        timeout=first_timeout + 30,
+    )  # fmt: skip
+    status = json.loads(cluster.kubectl("get", "-n", namespace, "relayjob/hello", "-o", "json").stdout)[
+        "status"
+    ]
+    assert status["phase"] == "Completed" and status["attempts"] == 1
+
+    apply(
+        cluster,
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "hook-credentials"},
+            "stringData": {"authorization": secret_value},
+        },
+    )
+    http = {
+        "http": {
+            "url": f"http://127.0.0.1:{target.port}/hook",
+            "headersFrom": [
+                {
+                    "name": "Authorization",
+                    "secretKeyRef": {"name": "hook-credentials", "key": "authorization"},
+                }
+            ],
+        }
+    }
+    apply(cluster, namespace, relayjob("with-secret", http))
+    apply(cluster, namespace, relayjob("short-lived", {"noop": {}}, ttlSecondsAfterFinished=1))
+    cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Succeeded", "relayjob/with-secret", "--timeout=60s"
+    )
+    assert secret_value in [call.get("authorization") for call in target.calls]
+    # Deleted by the operator after its TTL: the `delete` rule is used and sufficient.
+    cluster.kubectl("wait", "-n", namespace, "--for=delete", "relayjob/short-lived", "--timeout=60s")
+
+    events = json.loads(
+        cluster.kubectl(
+            "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=hello", "-o", "json"
+        ).stdout
+    )["items"]
+    assert events and {e["source"].get("component") for e in events} == {"relayjob-operator"}
+
+    code, body = operator.get("/readyz")
+    assert code == 200, body
+    code, body = operator.get("/metrics")
+    assert code == 200 and "relayjob_jobs_total" in body
+
+
+def peering_status(cluster: KubeClient, release: Release) -> list[dict[str, Any]]:
+    if release.watched:
+        objects = [
+            json.loads(cluster.kubectl("get", "kopfpeering", release.peering, "-n", ns, "-o", "json").stdout)
+            for ns in release.watched
+        ]
+    else:
+        objects = [
+            json.loads(cluster.kubectl("get", "clusterkopfpeering", release.peering, "-o", "json").stdout)
+        ]
+    return [obj.get("status") or {} for obj in objects]
+
+
+# -- RBAC as the API server sees it ---------------------------------------------------------------
+
+
+def rules_review(cluster: KubeClient, kubeconfig: Path, namespace: str) -> list[dict[str, Any]]:
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectRulesReview",
+        "spec": {"namespace": namespace},
+    }
+    # No client-side validation: it would list CRDs, which this identity may not do.
+    result = as_sa(
+        cluster, kubeconfig, "create", "--validate=false", "-o", "json", "-f", "-", input=json.dumps(review)
+    )
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)["status"]
+    assert not status.get("incomplete"), status.get("evaluationError")
+    rules: list[dict[str, Any]] = status["resourceRules"]
+    return rules
+
+
+def granted(rules: list[dict[str, Any]]) -> dict[tuple[str, tuple[str, ...]], set[str]]:
+    """(group-qualified resource, resourceNames) -> verbs, from a rules review."""
+    out: dict[tuple[str, tuple[str, ...]], set[str]] = {}
+    for rule in rules:
+        for group in rule.get("apiGroups", [""]):
+            for resource in rule["resources"]:
+                name = f"{resource}.{group}" if group else resource
+                out.setdefault((name, tuple(rule.get("resourceNames", []))), set()).update(rule["verbs"])
+    return out
+
+
+def assert_least_privilege(rules: list[dict[str, Any]], peering_resource: str, peering: str) -> None:
+    writes_allowed = {
+        ("relayjobs.relay.dev", ()): {"delete"},
+        ("relayjobs/status.relay.dev", ()): {"patch"},
+        ("events", ()): {"create"},
+        (f"{peering_resource}.kopf.dev", (peering,)): {"patch"},
+    }
+    for (resource, names), verbs in granted(rules).items():
+        assert "*" not in verbs, f"wildcard verb on {resource}"
+        assert "*" not in resource, f"wildcard resource {resource}"
+        if resource in SELF_REVIEWS:
+            continue
+        writes = verbs & WRITE_VERBS
+        if writes:
+            assert writes <= writes_allowed.get((resource, names), set()), (
+                f"{sorted(writes)} on {resource} {list(names)} is more than the operator needs"
+            )
+        if resource == "secrets":
+            assert verbs == {"get"} and not names, f"Secrets: {sorted(verbs)}; only `get` is needed"
+
+
+def can_i(cluster: KubeClient, kubeconfig: Path, *args: str) -> bool:
+    result = as_sa(cluster, kubeconfig, "auth", "can-i", *args)
+    assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
+    return result.stdout.strip() == "yes"
+
+
+def assert_can_i(cluster: KubeClient, kubeconfig: Path, table: list[tuple[bool, str]]) -> None:
+    wrong = [
+        f"can-i {question}: {'yes' if not expected else 'no'}, want {'yes' if expected else 'no'}"
+        for expected, question in table
+        if can_i(cluster, kubeconfig, *question.split()) != expected
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def needed_in(namespace: str, peering_resource: str, peering: str) -> list[tuple[bool, str]]:
+    """What the operator must be able to do in a namespace it serves, and neighbouring refusals."""
+    n = f"-n {namespace}"
+    return [
+        (True, f"list relayjobs.relay.dev {n}"),
+        (True, f"watch relayjobs.relay.dev {n}"),
+        (True, f"delete relayjobs.relay.dev {n}"),
+        (True, f"patch relayjobs.relay.dev --subresource=status {n}"),
+        (True, f"create events {n}"),
+        (True, f"get secrets/anything {n}"),
+        (False, f"list secrets {n}"),
+        (False, f"watch secrets {n}"),
+        (False, f"create secrets {n}"),
+        (False, f"update secrets {n}"),
+        (False, f"delete secrets {n}"),
+        (False, f"create relayjobs.relay.dev {n}"),
+        (False, f"update relayjobs.relay.dev {n}"),
+        (False, f"patch relayjobs.relay.dev {n}"),
+        (False, f"deletecollection relayjobs.relay.dev {n}"),
+        (False, f"update relayjobs.relay.dev --subresource=status {n}"),
+        (False, f"get events {n}"),
+        (False, f"patch events {n}"),
+        (False, f"delete events {n}"),
+        (False, f"create pods {n}"),
+        (False, f"get configmaps {n}"),
+        (False, f"create serviceaccounts/token {n}"),
+        (False, f"create rolebindings.rbac.authorization.k8s.io {n}"),
+        (False, f"patch {peering_resource}.kopf.dev/someone-else {n}"),
+        (False, f"create {peering_resource}.kopf.dev {n}"),
+        (False, f"delete {peering_resource}.kopf.dev/{peering} {n}"),
+        (True, f"patch {peering_resource}.kopf.dev/{peering} {n}"),
+        (True, f"list {peering_resource}.kopf.dev {n}"),
+        (True, f"watch {peering_resource}.kopf.dev {n}"),
+    ]
+
+
+NEVER_CLUSTER_WIDE = [
+    (False, "create customresourcedefinitions.apiextensions.k8s.io"),
+    (False, "update customresourcedefinitions.apiextensions.k8s.io"),
+    (False, "delete customresourcedefinitions.apiextensions.k8s.io"),
+    (False, "create clusterroles.rbac.authorization.k8s.io"),
+    (False, "create clusterrolebindings.rbac.authorization.k8s.io"),
+    (False, "escalate clusterroles.rbac.authorization.k8s.io"),
+    (False, "bind clusterroles.rbac.authorization.k8s.io"),
+    (False, "impersonate users"),
+    (False, "impersonate serviceaccounts"),
+    (False, "create namespaces"),
+    (False, "delete namespaces"),
+    (False, "create nodes"),
+    (False, "list secrets --all-namespaces"),
+]
+
+
+# -- the tests ----------------------------------------------------------------------------------
+
+
+def test_schema_rejects_a_wrong_type_at_install(cluster: KubeClient, tmp_path: Path) -> None:
+    values = tmp_path / "wrong-type.yaml"
+    values.write_text("replicaCount: two\nconfig:\n  concurrency: many\n")
+    result = cluster.helm(
+        "install", f"bad-{SUFFIX}", str(CHART), "-n", "default", "-f", str(values), check=False
+    )
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert "at '/replicaCount': got string, want integer" in result.stderr
+    assert "at '/config/concurrency': got string, want integer" in result.stderr
+    assert cluster.helm("status", f"bad-{SUFFIX}", "-n", "default", check=False).returncode != 0
+
+
+def test_cluster_mode_installs_crds_and_rbac(cluster: KubeClient, cluster_release: Release) -> None:
+    release = cluster_release
+    for crd in ("relayjobs.relay.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
+        cluster.kubectl("get", "crd", crd)
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    ns = ("-n", release.namespace)
+    cluster.kubectl("get", "serviceaccount", release.service_account, *ns)
+    cluster.kubectl("get", "clusterrole", release.service_account)
+    binding = json.loads(
+        cluster.kubectl("get", "clusterrolebinding", release.service_account, "-o", "json").stdout
+    )
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": release.service_account, "namespace": release.namespace}
+    ]
+    cluster.kubectl("get", "clusterkopfpeering", release.peering)
+    cluster.kubectl("get", "deployment", release.service_account, *ns)
+    cluster.kubectl("get", "service", f"{release.service_account}-metrics", *ns)
+    assert not cluster.kubectl(
+        "get", "roles,rolebindings", "-A", "-l", f"app.kubernetes.io/instance={release.name}", "-o", "name"
+    ).stdout.strip()
+    # The Secrets exist, so NOTES has no warning, and it says how to apply a first RelayJob.
+    assert "WARNING" not in release.notes
+    assert "kind: RelayJob" in release.notes and "--for=condition=Succeeded" in release.notes
+
+
+def test_cluster_mode_operator_runs_with_the_charts_identity(
+    cluster: KubeClient,
+    cluster_release: Release,
+    redis_server: RedisServer,
+    postgres_server: PostgresServer,
+    target: Target,
+    tmp_path: Path,
+) -> None:
+    kubeconfig = service_account_kubeconfig(cluster, cluster_release, tmp_path / "sa-kubeconfig")
+    whoami = as_sa(cluster, kubeconfig, "auth", "whoami", "-o", "json")
+    assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == (
+        f"system:serviceaccount:{cluster_release.namespace}:{cluster_release.service_account}"
+    )
+    namespace = f"team-{SUFFIX}"
+    create_namespaces(cluster, namespace)
+    with run_operator(
+        kubeconfig, cluster_release, redis_server, postgres_server, tmp_path / "operator.log"
+    ) as op:
+        exercise(cluster, namespace, target, op, first_timeout=60)
+        peers = peering_status(cluster, cluster_release)
+        assert all(peers), f"the operator never announced itself in its peering object: {peers}"
+        refused = forbidden_lines(op)
+    assert not refused, "the chart's RBAC refused the operator:\n" + "\n".join(refused)
+
+
+def test_cluster_mode_rbac_is_least_privilege(
+    cluster: KubeClient, cluster_release: Release, tmp_path: Path
+) -> None:
+    release = cluster_release
+    kubeconfig = service_account_kubeconfig(cluster, release, tmp_path / "sa-kubeconfig")
+    for namespace in ("default", release.namespace):
+        assert_least_privilege(
+            rules_review(cluster, kubeconfig, namespace), "clusterkopfpeerings", release.peering
+        )
+        table = needed_in(namespace, "clusterkopfpeerings", release.peering)
+        # Cluster-scoped peering: the namespaced kind is never used.
+        table = [(exp, q) for exp, q in table if "clusterkopfpeerings" not in q or "-n" not in q]
+        assert_can_i(cluster, kubeconfig, table)
+    assert_can_i(
+        cluster,
+        kubeconfig,
+        [
+            (True, "list relayjobs.relay.dev --all-namespaces"),
+            (True, "watch relayjobs.relay.dev --all-namespaces"),
+            (True, "list clusterkopfpeerings.kopf.dev"),
+            (True, "watch clusterkopfpeerings.kopf.dev"),
+            (True, f"patch clusterkopfpeerings.kopf.dev/{release.peering}"),
+            (False, "patch clusterkopfpeerings.kopf.dev/someone-else"),
+            (False, "create clusterkopfpeerings.kopf.dev"),
+            (False, f"delete clusterkopfpeerings.kopf.dev/{release.peering}"),
+            (True, "list customresourcedefinitions.apiextensions.k8s.io"),
+            (True, "watch customresourcedefinitions.apiextensions.k8s.io"),
+            # headersFrom may name a Secret in any namespace the operator serves: here, all.
+            (True, "get secrets --all-namespaces"),
+            (False, "list namespaces"),
+            *NEVER_CLUSTER_WIDE,
+        ],
+    )
+
+
+def test_namespaced_mode_installs_only_namespaced_rbac(
+    cluster: KubeClient, namespaced_release: Release
+) -> None:
+    release = namespaced_release
+    instance = f"app.kubernetes.io/instance={release.name}"
+    assert not cluster.kubectl(
+        "get", "clusterroles,clusterrolebindings", "-l", instance, "-o", "name"
+    ).stdout.strip()
+    roles = cluster.kubectl(
+        "get", "roles", "-A", "-l", instance, "-o", "jsonpath={.items[*].metadata.namespace}"
+    )
+    assert sorted(roles.stdout.split()) == sorted(release.watched)
+    bindings = cluster.kubectl(
+        "get", "rolebindings", "-A", "-l", instance, "-o", "jsonpath={.items[*].metadata.namespace}"
+    )
+    assert sorted(bindings.stdout.split()) == sorted(release.watched)
+    for namespace in release.watched:
+        cluster.kubectl("get", "kopfpeering", release.peering, "-n", namespace)
+    # No Secrets were created for this release: NOTES says which ones to create, and how.
+    assert 'WARNING: Secret "relayjob-redis" does not exist' in release.notes
+    assert f"kubectl -n {release.namespace} create secret generic relayjob-postgresql" in release.notes
+
+
+def test_namespaced_mode_operator_runs_with_the_charts_identity(
+    cluster: KubeClient,
+    namespaced_release: Release,
+    redis_server: RedisServer,
+    postgres_server: PostgresServer,
+    target: Target,
+    tmp_path: Path,
+) -> None:
+    release = namespaced_release
+    kubeconfig = service_account_kubeconfig(cluster, release, tmp_path / "sa-kubeconfig")
+    outside = f"outside-{SUFFIX}"
+    apply(cluster, outside, relayjob("not-mine", {"noop": {}}))
+    with run_operator(kubeconfig, release, redis_server, postgres_server, tmp_path / "operator.log") as op:
+        exercise(cluster, release.watched[0], target, op, first_timeout=60)
+        apply(cluster, release.watched[1], relayjob("second", {"noop": {}}))
+        cluster.kubectl(
+            "wait", "-n", release.watched[1], "--for=condition=Succeeded", "relayjob/second", "--timeout=60s"
+        )
+        assert all(peering_status(cluster, release)), "the operator never announced itself in a namespace"
+        refused = forbidden_lines(op)
+    untouched = json.loads(cluster.kubectl("get", "relayjob", "not-mine", "-n", outside, "-o", "json").stdout)
+    assert not untouched.get("status"), "a RelayJob outside the served namespaces was handled"
+    # The operator disables kopf's cluster-wide scanning when given namespaces, so a namespaced
+    # identity is never refused anything: any 403 means the chart misses a rule.
+    assert not refused, "the chart's RBAC refused the operator:\n" + "\n".join(refused)
+
+
+def test_namespaced_mode_rbac_is_least_privilege(
+    cluster: KubeClient, namespaced_release: Release, tmp_path: Path
+) -> None:
+    release = namespaced_release
+    kubeconfig = service_account_kubeconfig(cluster, release, tmp_path / "sa-kubeconfig")
+    for namespace in release.watched:
+        assert_least_privilege(rules_review(cluster, kubeconfig, namespace), "kopfpeerings", release.peering)
+        assert_can_i(cluster, kubeconfig, needed_in(namespace, "kopfpeerings", release.peering))
+    # Outside the served namespaces, including its own, it can do nothing at all.
+    for namespace in (release.namespace, f"outside-{SUFFIX}", "default"):
+        rules = rules_review(cluster, kubeconfig, namespace)
+        extra = [r for r in rules if not set(r["resources"]) <= {n.split(".")[0] for n in SELF_REVIEWS}]
+        assert not extra, f"permissions in {namespace}, which is not served: {extra}"
+        assert_can_i(
+            cluster,
+            kubeconfig,
+            [(False, q) for expected, q in needed_in(namespace, "kopfpeerings", release.peering) if expected],
+        )
+    assert_can_i(
+        cluster,
+        kubeconfig,
+        [
+            (False, "list relayjobs.relay.dev --all-namespaces"),
+            (False, "list customresourcedefinitions.apiextensions.k8s.io"),
+            (False, "list namespaces"),
+            (False, "watch namespaces"),
+            (False, "list clusterkopfpeerings.kopf.dev"),
+            (False, "get secrets --all-namespaces"),
+            *NEVER_CLUSTER_WIDE,
+        ],
+    )
+
+
+def test_uninstall_keeps_the_crds_and_the_relayjobs(cluster: KubeClient, cluster_release: Release) -> None:
+    release = cluster_release
+    namespace = f"keep-{SUFFIX}"
+    create_namespaces(cluster, namespace)
+    apply(cluster, namespace, relayjob("survivor", {"noop": {}}))
+    before = json.loads(cluster.kubectl("get", "relayjobs", "-A", "-o", "json").stdout)["items"]
+    cluster.helm("uninstall", release.name, "-n", release.namespace)
+    for crd in ("relayjobs.relay.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
+        cluster.kubectl("get", "crd", crd)
+    after = json.loads(cluster.kubectl("get", "relayjobs", "-A", "-o", "json").stdout)["items"]
+    assert {(j["metadata"]["namespace"], j["metadata"]["name"], j["metadata"]["uid"]) for j in after} == {
+        (j["metadata"]["namespace"], j["metadata"]["name"], j["metadata"]["uid"]) for j in before
+    }
+    assert any(j["metadata"]["name"] == "survivor" for j in after)
+    gone = cluster.kubectl("get", "clusterrole", release.service_account, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+
+
+def test_plain_install_yaml_applies_and_grants_the_same(cluster: KubeClient, tmp_path: Path) -> None:
+    """manifests/install.yaml, as a user without Helm applies it (the CRDs are there already)."""
+    install = REPO / "manifests" / "install.yaml"
+    cluster.kubectl("apply", "-f", str(install))
+    try:
+        cluster.kubectl("get", "deployment", "relayjob-operator", "-n", "relayjob-system")
+        cluster.kubectl("get", "clusterkopfpeering", "relayjob-operator")
+        release = Release(
+            "relayjob-operator", "relayjob-system", "relayjob-operator", "relayjob-operator", [], ""
+        )
+        kubeconfig = service_account_kubeconfig(cluster, release, tmp_path / "sa-kubeconfig")
+        assert_least_privilege(
+            rules_review(cluster, kubeconfig, "default"), "clusterkopfpeerings", "relayjob-operator"
+        )
+        assert_can_i(
+            cluster, kubeconfig, [(True, "patch relayjobs.relay.dev --subresource=status -n default")]
+        )
+    finally:
+        # Without a namespace controller a deleted namespace never finishes terminating: do not wait.
+        cluster.kubectl("delete", "--wait=false", "--ignore-not-found", "-f", str(install))
