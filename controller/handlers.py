@@ -17,6 +17,7 @@ import kopf
 
 from controller.adapters.kube import GROUP, PLURAL, VERSION
 from controller.runtime.app import App
+from controller.runtime.retry import until_done
 from controller.settings import Settings
 
 log = logging.getLogger("relayjob.handlers")
@@ -79,9 +80,14 @@ def build_registry(app: App, health: WatchHealth) -> kopf.OperatorRegistry:
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def _event(*, type: str, body: kopf.Body, **_: Any) -> None:
         health.seen()
+        meta = body["metadata"]
+        where = {
+            "job": {"namespace": meta.get("namespace"), "name": meta.get("name"), "uid": meta.get("uid")}
+        }
         if type == "DELETED":
-            await app.admissions.forget(UUID(body["metadata"]["uid"]))
+            uid = UUID(meta["uid"])
+            await until_done(lambda: app.admissions.forget(uid), "forget", app.metrics, extra=where)
         else:
-            await app.admissions.observe(body)
+            await until_done(lambda: app.admissions.observe(body), "admission", app.metrics, extra=where)
 
     return registry

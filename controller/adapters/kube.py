@@ -194,6 +194,10 @@ class KubeClient:
             raise
         return True
 
+    async def ping(self) -> None:
+        """Raise KubeError unless the API server answers its readiness endpoint."""
+        await self._request("GET", "/readyz", timeout=aiohttp.ClientTimeout(total=2))
+
     async def delete_job(self, ref: JobRef) -> bool:
         body = {"preconditions": {"uid": str(ref.uid)}, "propagationPolicy": "Background"}
         try:

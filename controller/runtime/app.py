@@ -16,7 +16,7 @@ from redis.asyncio.client import Redis
 from controller.adapters import ledger as ledger_mod
 from controller.adapters import queue as queue_mod
 from controller.adapters.executors.registry import load_executors
-from controller.adapters.kube import Credentials, KubeClient
+from controller.adapters.kube import Credentials, KubeClient, KubeError
 from controller.adapters.metrics import Metrics
 from controller.model.jobs import ClusterApi, Executor
 from controller.runtime.admission import Admissions
@@ -180,6 +180,12 @@ class App:
             result["postgres"] = "ok"
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
             result["postgres"] = f"error: {type(error).__name__}"
+        try:
+            async with asyncio.timeout(3):
+                await self.kube.ping()
+            result["kubernetes"] = "ok"
+        except (KubeError, TimeoutError) as error:
+            result["kubernetes"] = f"error: {str(error)[:120]}"
         return result
 
     async def close(self) -> None:

@@ -266,11 +266,28 @@ class Worker:
                 retry.append((uid, _ms(row.next_attempt_at.timestamp())))
             else:
                 dead.append((uid, _ms()))
-        await self.queue.settle(done=finished, retry=retry, dead=dead)
-        self._held.difference_update(str(d.row.ref.uid) for d in done)
+        # The ledger has committed: from here on nothing may send these outcomes through the ledger
+        # again (a second settle is fenced out and would look like a lost race), so the status
+        # is told now and only the Redis step is retried until it succeeds.
         self.status.mark(recorded)
         for row in recorded.values():
             self._announce(row)
+        backoff = 0.1
+        while True:
+            try:
+                await self.queue.settle(done=finished, retry=retry, dead=dead)
+                break
+            except TRANSIENT as error:
+                log.warning(
+                    "updating Redis after %d outcomes failed, retrying in %.1fs: %s",
+                    len(recorded),
+                    backoff,
+                    error,
+                )
+                self.metrics.errors.labels("settle-redis").inc()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10)
+        self._held.difference_update(str(d.row.ref.uid) for d in done)
 
     def _announce(self, row: JobRow) -> None:
         fields = job_fields(row.ref) | {"phase": row.phase.value, "attempts": row.attempts}

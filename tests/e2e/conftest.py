@@ -61,3 +61,11 @@ def operator(
     yield process
     code = process.stop()
     assert code == 0, f"operator exited {code} on SIGTERM:\n{process.logs()[-3000:]}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.e2e import test_faults
+
+    if test_faults.RESULTS:
+        terminalreporter.section("fault suite")
+        terminalreporter.write_line(test_faults.fault_table())

@@ -79,6 +79,9 @@ class RecordingCluster:
     async def delete_job(self, ref: JobRef) -> bool:
         return self.jobs.pop(ref.uid, None) is not None
 
+    async def ping(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 

@@ -82,3 +82,37 @@ async def test_reconcile_never_cancels_a_job_admitted_during_it(app: App, cluste
     await rebuild
     row = await app.ledger.get(ref.uid)
     assert row is not None and not row.deleted and row.phase is Phase.QUEUED
+
+
+async def test_redis_failure_after_the_ledger_commit_still_reports_the_outcome(
+    app: App, cluster: RecordingCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis failing between the ledger commit and the Redis update must not make the worker
+    record the outcome twice: the second ledger write is fenced out and the status never moved."""
+    import redis.exceptions
+
+    from tests.integration.conftest import eventually, running
+
+    real_settle = app.queue.settle
+    failures = iter([redis.exceptions.ConnectionError("injected: Redis went away")])
+
+    async def flaky_settle(*args: Any, **kwargs: Any) -> None:
+        for error in failures:
+            raise error
+        await real_settle(*args, **kwargs)
+
+    monkeypatch.setattr(app.queue, "settle", flaky_settle)
+    ref = new_ref("flaky")
+    async with running(app):
+        await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
+
+        async def completed() -> bool:
+            return cluster.status.get(ref.uid, {}).get("phase") == "Completed"
+
+        await eventually(completed, timeout=15)
+
+        async def left_redis() -> bool:
+            return await app.queue.members() == set()
+
+        await eventually(left_redis, timeout=15)
+    assert app.metrics.fenced._value.get() == 0

@@ -8,6 +8,7 @@ Paths:
   /hang               never answers within any sane timeout
   /hang-once          the first call of a key hangs, later ones get 200
   /hang-first/{n}     the first n calls to this path hang, later ones get 200
+  /delay/{ms}         200 after ms milliseconds (work that takes time, so faults find it in flight)
 Every call is recorded with its arrival time, Idempotency-Key and headers.
 """
 
@@ -91,6 +92,11 @@ class Target:
             await asyncio.sleep(3600)
         return web.json_response({"ok": True})
 
+    async def _delay(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        await asyncio.sleep(int(request.match_info["ms"]) / 1000)
+        return web.json_response({"ok": True})
+
     async def start(self) -> Target:
         app = web.Application()
         app.router.add_route("*", "/ok", self._ok)
@@ -100,6 +106,7 @@ class Target:
         app.router.add_route("*", "/hang", self._hang)
         app.router.add_route("*", "/hang-once", self._hang_once)
         app.router.add_route("*", "/hang-first/{n}", self._hang_first)
+        app.router.add_route("*", "/delay/{ms}", self._delay)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

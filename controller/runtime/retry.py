@@ -1,0 +1,38 @@
+"""Waiting out an outage: retry an operation with capped exponential backoff until it succeeds.
+
+Used where giving up would lose work that nothing else re-delivers, such as a watch event whose
+admission met Redis, PostgreSQL or the API server down (kopf does not re-deliver `on.event`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
+
+from controller.adapters.kube import KubeError
+from controller.adapters.metrics import Metrics
+from controller.runtime.worker import TRANSIENT
+
+T = TypeVar("T")
+log = logging.getLogger("relayjob.retry")
+
+
+async def until_done(
+    action: Callable[[], Awaitable[T]],
+    what: str,
+    metrics: Metrics,
+    first_delay: float = 0.2,
+    max_delay: float = 10.0,
+    extra: Mapping[str, object] | None = None,
+) -> T:
+    delay = first_delay
+    while True:
+        try:
+            return await action()
+        except (*TRANSIENT, KubeError) as error:
+            log.warning("%s failed, retrying in %.1fs: %s", what, delay, error, extra=extra or {})
+            metrics.errors.labels(what).inc()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
