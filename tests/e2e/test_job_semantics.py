@@ -172,9 +172,17 @@ def test_redrive_suspend_delete_and_ttl(
     )
     assert "DeadLettered" in {e["reason"] for e in reasons["items"]}
 
+    calls_before = len(target.calls_for(dead["metadata"]["uid"]))
     control_plane.kubectl("annotate", "-n", namespace, "rj/dead", "relay.dev/redrive=1", "--overwrite")
-    redriven = wait_phase(control_plane, namespace, "dead", "Retrying", timeout=30)
-    assert redriven["status"]["attempts"] == 1
+    deadline = time.monotonic() + 30
+    while (status := get(control_plane, namespace, "dead")["status"]).get("redriveToken") != "1" or status[
+        "phase"
+    ] != "DeadLettered":
+        assert time.monotonic() < deadline, f"re-drive did not run: {status}"
+        time.sleep(0.3)
+    # Re-queued with attempts reset: two more attempts ran, and it dead-lettered again.
+    assert status["attempts"] == 2
+    assert len(target.calls_for(dead["metadata"]["uid"])) == calls_before + 2
 
     wait_phase(control_plane, namespace, "held", "Suspended")
     control_plane.kubectl(
