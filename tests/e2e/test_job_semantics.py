@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,20 @@ def target() -> Iterator[Target]:
 
 
 @pytest.fixture
-def start_operator(operator_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+def namespace(control_plane: Any) -> str:
+    """A namespace per test: no clean-up between tests (deleting 500 RelayJobs takes minutes)."""
+    name = f"sem-{uuid.uuid4().hex[:8]}"
+    control_plane.kubectl("create", "namespace", name)
+    return name
+
+
+@pytest.fixture
+def start_operator(operator_env: dict[str, str], namespace: str, tmp_path: Path) -> Iterator[Any]:
     started: list[OperatorProcess] = []
 
     def start(name: str = "op", **extra: str) -> OperatorProcess:
-        process = OperatorProcess({**operator_env, **extra}, tmp_path / f"{name}.log").start()
+        env = {**operator_env, "RELAY_NAMESPACES": namespace, **extra}
+        process = OperatorProcess(env, tmp_path / f"{name}.log").start()
         started.append(process)
         return process
 
@@ -79,10 +89,6 @@ def wait_all(kube: Any, ns: str, phase: str, count: int, timeout: float) -> list
         time.sleep(1)
 
 
-def clean(kube: Any, ns: str) -> None:
-    kube.kubectl("delete", "-n", ns, "rj", "--all", "--wait=true", timeout=300)
-
-
 def test_sigkill_mid_flight_then_restart(
     control_plane: Any, namespace: str, target: Target, start_operator: Any
 ) -> None:
@@ -109,7 +115,6 @@ def test_sigkill_mid_flight_then_restart(
         assert calls[uid] >= 1
     hung = [i for i in items if i["status"]["attempts"] == 2]
     assert len(hung) == 10  # the ten killed in flight: lease expired, re-queued, counted
-    clean(control_plane, namespace)
 
 
 def test_two_replicas_share_500_jobs(
@@ -136,7 +141,6 @@ def test_two_replicas_share_500_jobs(
         if '"operator started"' in line
     }
     assert len(workers) == 2
-    clean(control_plane, namespace)
 
 
 def test_redrive_suspend_delete_and_ttl(
@@ -198,4 +202,3 @@ def test_redrive_suspend_delete_and_ttl(
         assert time.monotonic() < deadline, "ttlSecondsAfterFinished did not delete rj/brief"
         time.sleep(0.5)
     assert op.probe("/healthz") == 200
-    clean(control_plane, namespace)
