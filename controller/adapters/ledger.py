@@ -22,6 +22,8 @@ from controller.model.phases import Phase, Reason
 from controller.model.spec import RelayJobSpec
 
 ACTIVE = (Phase.QUEUED.value, Phase.RETRYING.value, Phase.PROCESSING.value)
+# Errors about a value PostgreSQL cannot hold: a property of the job, not of the server's health.
+UNSTORABLE = (asyncpg.DataError, asyncpg.exceptions.ProgramLimitExceededError)
 _MIGRATION_LOCK = 0x72656C6179  # "relay": serialises migrations across replicas starting at once
 
 
@@ -250,11 +252,7 @@ class Ledger:
         reason: Reason,
         message: str,
     ) -> Admission:
-        record = await conn.fetchrow(
-            "INSERT INTO jobs (uid, namespace, name, generation, spec, phase, nullifier,"
-            " max_attempts, reason, message, finished_at, ttl_seconds)"
-            " VALUES ($1, $2, $3, $4, $5, 'Rejected', $6, $7, $8, $9, now(), $10)"
-            " ON CONFLICT (uid) DO NOTHING RETURNING *",
+        values = (
             ref.uid,
             ref.namespace,
             ref.name,
@@ -266,6 +264,19 @@ class Ledger:
             message,
             spec.ttl_seconds_after_finished if spec else None,
         )
+        sql = (
+            "INSERT INTO jobs (uid, namespace, name, generation, spec, phase, nullifier,"
+            " max_attempts, reason, message, finished_at, ttl_seconds)"
+            " VALUES ($1, $2, $3, $4, $5, 'Rejected', $6, $7, $8, $9, now(), $10)"
+            " ON CONFLICT (uid) DO NOTHING RETURNING *"
+        )
+        try:
+            record = await conn.fetchrow(sql, *values)
+        except UNSTORABLE as error:
+            # The refusal must be recorded even when the spec itself cannot be (a NUL in a
+            # string, nesting beyond PostgreSQL's stack): keep why instead of what.
+            kept = {"unstored": f"the spec could not be stored: {type(error).__name__}"}
+            record = await conn.fetchrow(sql, *values[:4], kept, *values[5:])
         if record is None:
             record = await conn.fetchrow("SELECT * FROM jobs WHERE uid = $1", ref.uid)
             return Admission(to_row(record), created=False)

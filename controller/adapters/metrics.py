@@ -56,3 +56,11 @@ class Metrics:
         self.errors = Counter(
             "relayjob_loop_errors_total", "Errors a background loop survived.", ["loop"], registry=r
         )
+        # Every series a dashboard or alert names exists from the start, at zero.
+        for outcome in ("completed", "dead_lettered", "rejected"):
+            self.jobs.labels(outcome)
+        for name in ("ready", "delayed", "leased", "dead"):
+            self.queue_depth.labels(name)
+        for pool in ("redis", "postgres"):
+            self.pool_in_use.labels(pool)
+            self.pool_size.labels(pool)

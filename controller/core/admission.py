@@ -35,6 +35,29 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+MAX_PAYLOAD_DEPTH = 100
+
+
+def _payload_problem(value: Any, depth: int = 0) -> str | None:
+    """What the ledger could not store, found before it tries: PostgreSQL's jsonb refuses NUL
+    characters, and its parser recurses, so very deep nesting exhausts its stack."""
+    if depth > MAX_PAYLOAD_DEPTH:
+        return f"nests deeper than {MAX_PAYLOAD_DEPTH} levels"
+    if isinstance(value, str):
+        return "contains a NUL character (\\u0000)" if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _payload_problem(key, depth) or _payload_problem(item, depth + 1)
+            if problem:
+                return problem
+    if isinstance(value, list):
+        for item in value:
+            problem = _payload_problem(item, depth + 1)
+            if problem:
+                return problem
+    return None
+
+
 def admit(
     raw_spec: Mapping[str, Any], payload_limit_bytes: int, executors: Collection[str]
 ) -> Admitted | Refused:
@@ -42,6 +65,9 @@ def admit(
         spec = RelayJobSpec.model_validate(dict(raw_spec))
     except ValidationError as error:
         return Refused(Reason.INVALID_SPEC, _describe(error))
+    problem = _payload_problem(spec.payload)
+    if problem:
+        return Refused(Reason.INVALID_SPEC, f"spec.payload {problem}")
     size = spec.payload_size()
     if size > payload_limit_bytes:
         return Refused(

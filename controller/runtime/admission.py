@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from controller.adapters.ledger import Ledger, Refusal
+from controller.adapters.ledger import UNSTORABLE, Ledger, Refusal
 from controller.adapters.metrics import Metrics
 from controller.adapters.queue import Placement, Queue
 from controller.core.admission import Admitted, admit
@@ -106,9 +106,13 @@ class Admissions:
                 )
             else:
                 phase, reason, message = Phase.QUEUED, Reason.ADMITTED, "queued"
-            admission = await self.ledger.admit(
-                ref, spec, raw, generation, phase, reason, message, start if start > now else None
-            )
+            try:
+                admission = await self.ledger.admit(
+                    ref, spec, raw, generation, phase, reason, message, start if start > now else None
+                )
+            except UNSTORABLE as error:
+                refusal = Refusal(Reason.INVALID_SPEC, f"spec cannot be stored in the ledger: {error}")
+                admission = await self.ledger.refuse(ref, raw, generation, refusal)
         row = admission.row
         if admission.created:
             if row.phase is Phase.REJECTED:

@@ -26,8 +26,14 @@ class JsonFormatter(logging.Formatter):
             # Only plain values: libraries attach whole objects (kopf its settings) to records.
             if key not in _STANDARD and not key.startswith("_") and isinstance(value, _PLAIN):
                 doc[key] = value
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            # A traceback is for bugs (ERROR); an outage a library warns about (asyncpg's pool
+            # while PostgreSQL restarts) needs one line, not a stack, in every log stream.
+            if record.levelno >= logging.ERROR:
+                doc["exc"] = self.formatException(record.exc_info)
+            else:
+                doc["error"] = f"{type(error).__name__}: {error}"
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 

@@ -11,9 +11,27 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
+import asyncpg
+import redis.exceptions
+
 from controller.adapters.kube import KubeError
 from controller.adapters.metrics import Metrics
-from controller.runtime.worker import TRANSIENT
+
+# Failures that pass when a server comes back. Anything else (a value PostgreSQL cannot store, a
+# bug) would fail forever, so it is not retried here.
+OUTAGE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.InterfaceError,
+    KubeError,
+    OSError,
+    TimeoutError,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("relayjob.retry")
@@ -31,7 +49,7 @@ async def until_done(
     while True:
         try:
             return await action()
-        except (*TRANSIENT, KubeError) as error:
+        except OUTAGE as error:
             log.warning("%s failed, retrying in %.1fs: %s", what, delay, error, extra=extra or {})
             metrics.errors.labels(what).inc()
             await asyncio.sleep(delay)

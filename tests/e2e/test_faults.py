@@ -89,16 +89,14 @@ class Scenario:
             for i in range(JOBS))  # fmt: skip
 
         def apply() -> None:
-            # kubectl retries on its own while the API server is away; give it time.
-            for _ in range(10):
-                if (
-                    self.kube.kubectl(
-                        "apply", "-n", self.namespace, "-f", "-", input=docs, check=False, timeout=300
-                    ).returncode
-                    == 0
-                ):
+            # The API server may be away (or shutting down gracefully) for a while: keep applying
+            # the same documents, which is idempotent, until they all went in.
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                args = ("apply", "-n", self.namespace, "-f", "-")
+                if self.kube.kubectl(*args, input=docs, check=False, timeout=300).returncode == 0:
                     return
-                time.sleep(3)
+                time.sleep(2)
 
         thread = threading.Thread(target=apply, daemon=True)
         thread.start()

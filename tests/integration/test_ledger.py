@@ -193,3 +193,11 @@ async def test_cancel_releases_reserved_nullifier(pool: asyncpg.Pool) -> None:
     cancelled = await ledger.cancel(row.ref.uid)
     assert cancelled is not None and cancelled.phase is Phase.CANCELLED
     assert (await admit(ledger, raw, "b")).row.phase is Phase.QUEUED
+
+
+async def test_refusal_is_recorded_even_when_the_spec_cannot_be(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    raw = {"target": {"noop": {}}, "payload": {"x": "nul\x00"}}
+    refusal = ledger_mod.Refusal(Reason.INVALID_SPEC, "spec.payload contains a NUL character")
+    admission = await ledger.refuse(new_ref("nul"), raw, 1, refusal)
+    assert admission.row.phase is Phase.REJECTED and admission.row.spec_or_none is None

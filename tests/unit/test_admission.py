@@ -24,3 +24,18 @@ def test_payload_cap() -> None:
 def test_unknown_executor() -> None:
     verdict = admit({"target": {"sqs": {}}}, 65536, EXECUTORS)
     assert isinstance(verdict, Refused) and verdict.reason is Reason.UNKNOWN_EXECUTOR
+
+
+def test_nul_characters_are_refused_before_the_ledger_sees_them() -> None:
+    verdict = admit({"target": {"noop": {}}, "payload": {"a": ["ok", "bad\x00"]}}, 65536, EXECUTORS)
+    assert isinstance(verdict, Refused) and "NUL" in verdict.message and "spec.payload" in verdict.message
+
+
+def test_deep_nesting_is_refused() -> None:
+    payload: dict[str, object] = {}
+    node = payload
+    for _ in range(150):
+        node["x"] = {}
+        node = node["x"]  # type: ignore[assignment]
+    verdict = admit({"target": {"noop": {}}, "payload": payload}, 65536, EXECUTORS)
+    assert isinstance(verdict, Refused) and "deeper" in verdict.message
