@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1, le=1000)
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
+    # How long start-up waits for Redis and PostgreSQL to answer before giving up with an error
+    # naming the setting: long enough to ride out a rollout where they start after us.
+    startup_timeout_seconds: float = Field(default=60.0, ge=0, le=3600)
     lease_seconds: float = Field(default=15.0, ge=1, le=3600)
     reconcile_interval_seconds: float = Field(default=30.0, ge=1, le=86400)
     claim_batch: int = Field(default=64, ge=1, le=10_000)

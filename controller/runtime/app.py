@@ -6,8 +6,10 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 import redis.exceptions
@@ -33,18 +35,64 @@ class StartupError(Exception):
     """Start-up cannot go on; the message names the setting to fix."""
 
 
+T = TypeVar("T")
+# Worth waiting for: the server is not (yet) there. Everything else is a misconfiguration.
+_WAIT_FOR = (
+    OSError,
+    TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+async def _patiently(what: str, setting: str, timeout: float, connect: Callable[[], Awaitable[T]]) -> T:
+    """Connect, retrying while the server is merely not there yet (refused, timed out) for up to
+    `timeout` seconds. Errors that waiting cannot fix (credentials, unknown database) surface at
+    once; every failure ends in a StartupError naming the setting to check."""
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    while True:
+        try:
+            return await connect()
+        except _WAIT_FOR as error:
+            if time.monotonic() + delay > deadline:
+                raise StartupError(f"{setting}: cannot reach {what} ({error})") from None
+            log.warning(
+                "%s: %s does not answer yet (%s); retrying in %.1fs",
+                setting,
+                what,
+                error,
+                delay,
+                extra={"setting": setting},
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)
+
+
 async def _open_redis(settings: Settings) -> Redis:
     client = queue_mod.connect(
         settings.redis_url.get_secret_value(),
         settings.redis_pool_max,
         settings.redis_pool_timeout_seconds,
     )
-    try:
+
+    async def ping() -> None:
         await client.ping()
+
+    try:
+        await _patiently("Redis", "RELAY_REDIS_URL", settings.startup_timeout_seconds, ping)
     except redis.exceptions.AuthenticationError as error:
+        await client.aclose()
         raise StartupError(f"RELAY_REDIS_URL: Redis refused the credentials ({error})") from None
-    except (redis.exceptions.RedisError, OSError) as error:
-        raise StartupError(f"RELAY_REDIS_URL: cannot reach Redis ({error})") from None
+    except redis.exceptions.RedisError as error:
+        await client.aclose()
+        raise StartupError(f"RELAY_REDIS_URL: Redis refused the connection ({error})") from None
+    except StartupError:
+        await client.aclose()
+        raise
     try:
         policy = (await client.config_get("maxmemory-policy")).get("maxmemory-policy")
     except redis.exceptions.ResponseError:
@@ -61,23 +109,24 @@ async def _open_redis(settings: Settings) -> Redis:
 
 
 async def _open_postgres(settings: Settings) -> asyncpg.Pool:
-    try:
-        pool = await ledger_mod.connect(
+    async def pool() -> asyncpg.Pool:
+        return await ledger_mod.connect(
             settings.database_url.get_secret_value(),
             settings.db_pool_min,
             settings.db_pool_max,
             settings.db_pool_timeout_seconds,
         )
+
+    try:
+        opened = await _patiently("PostgreSQL", "RELAY_DATABASE_URL", settings.startup_timeout_seconds, pool)
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as error:
         raise StartupError(f"RELAY_DATABASE_URL: PostgreSQL refused the credentials ({error})") from None
-    except asyncpg.InvalidCatalogNameError as error:
+    except asyncpg.PostgresError as error:
         raise StartupError(f"RELAY_DATABASE_URL: {error}") from None
-    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-        raise StartupError(f"RELAY_DATABASE_URL: cannot reach PostgreSQL ({error})") from None
-    applied = await ledger_mod.migrate(pool)
+    applied = await ledger_mod.migrate(opened)
     if applied:
         log.info("ledger migrations applied: %s", ", ".join(applied))
-    return pool
+    return opened
 
 
 @dataclass
@@ -165,28 +214,27 @@ class App:
             self.metrics.pool_size.labels("postgres").set(self.pool.get_size())
             await asyncio.sleep(2)
 
-    async def ping(self) -> dict[str, str]:
-        """Readiness of each dependency, for /readyz."""
-        result: dict[str, str] = {}
-        try:
-            async with asyncio.timeout(2):
-                await self.redis.ping()
-            result["redis"] = "ok"
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as error:
-            result["redis"] = f"error: {type(error).__name__}"
-        try:
-            async with asyncio.timeout(2):
-                await self.pool.fetchval("SELECT 1")
-            result["postgres"] = "ok"
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
-            result["postgres"] = f"error: {type(error).__name__}"
-        try:
-            async with asyncio.timeout(3):
-                await self.kube.ping()
-            result["kubernetes"] = "ok"
-        except (KubeError, TimeoutError) as error:
-            result["kubernetes"] = f"error: {str(error)[:120]}"
-        return result
+    async def ping(self, timeout: float = 0.8) -> dict[str, str]:
+        """Readiness of each dependency, for /readyz: checked at once and each bounded, so the
+        answer comes within the kubelet's default one-second probe timeout."""
+
+        async def check(name: str, probe: Callable[[], Awaitable[object]]) -> tuple[str, str]:
+            try:
+                async with asyncio.timeout(timeout):
+                    await probe()
+            except TimeoutError:
+                return name, "error: no answer"
+            except (redis.exceptions.RedisError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                    OSError, KubeError) as error:  # fmt: skip
+                return name, f"error: {type(error).__name__}"
+            return name, "ok"
+
+        results = await asyncio.gather(
+            check("redis", self.redis.ping),
+            check("postgres", lambda: self.pool.fetchval("SELECT 1")),
+            check("kubernetes", self.kube.ping),
+        )
+        return dict(results)
 
     async def close(self) -> None:
         await self.worker.drain()

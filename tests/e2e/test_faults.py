@@ -255,3 +255,30 @@ def fault_table() -> str:
     lines += [f"{r['fault']:34} {r['jobs']:>5} {r['completed']:>9} {r['duplicates']:>10} {r['lost']:>5} "
               f"{r['calls']:>6} {r['recover_s']:>9}" for r in RESULTS]  # fmt: skip
     return "\n".join(lines)
+
+
+def wait_probe(op: OperatorProcess, path: str, code: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while op.probe(path) != code:
+        assert time.monotonic() < deadline, f"{path} never answered {code}"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("server", ["redis", "postgres", "apiserver"])
+def test_readiness_follows_each_dependency(
+    sandbox: Sandbox, target: Target, tmp_path: Path, server: str
+) -> None:
+    """/readyz turns 503 while a dependency is unreachable and 200 when it is back; /healthz stays
+    200 throughout, so the kubelet stops routing to the pod instead of restarting it."""
+    scenario = Scenario(f"readiness {server}", sandbox, target, tmp_path)
+    op = scenario.operators[0]
+    wait_probe(op, "/readyz", 200)
+    dependency = getattr(sandbox, server)
+    dependency.pause()
+    try:
+        wait_probe(op, "/readyz", 503)
+        assert op.probe("/healthz") == 200
+    finally:
+        dependency.resume()
+    wait_probe(op, "/readyz", 200, timeout=60)
+    scenario.stop()
