@@ -54,7 +54,7 @@ async def _run(settings: Settings) -> int:
         return 1
     kopf_task = asyncio.create_task(
         kopf.operator(
-            registry=build_registry(app, health),
+            registry=build_registry(app),
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
             standalone=settings.standalone,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 from uuid import UUID
 
@@ -32,11 +31,7 @@ class WatchHealth:
     """
 
     def __init__(self) -> None:
-        self.last_event = time.monotonic()
         self.task: asyncio.Task[None] | None = None
-
-    def seen(self) -> None:
-        self.last_event = time.monotonic()
 
     def problem(self) -> str | None:
         if self.task is not None and self.task.done():
@@ -66,7 +61,7 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.networking.request_timeout = 60
 
 
-def build_registry(app: App, health: WatchHealth) -> kopf.OperatorRegistry:
+def build_registry(app: App) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
@@ -79,7 +74,6 @@ def build_registry(app: App, health: WatchHealth) -> kopf.OperatorRegistry:
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def _event(*, type: str, body: kopf.Body, **_: Any) -> None:
-        health.seen()
         meta = body["metadata"]
         where = {
             "job": {"namespace": meta.get("namespace"), "name": meta.get("name"), "uid": meta.get("uid")}
