@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg
 import pytest
@@ -29,6 +30,15 @@ async def pool(database_url: str) -> asyncpg.Pool:
 async def admit(ledger: Ledger, raw: dict = RAW, name: str = "job") -> ledger_mod.Admission:
     spec = RelayJobSpec.model_validate(raw)
     return await ledger.admit(new_ref(name), spec, raw, 1, Phase.QUEUED, Reason.ADMITTED, "queued", None)
+
+
+async def finish(ledger: Ledger, uid: uuid.UUID, phase: Phase, outcome: str, attempt: int = 1) -> None:
+    """Record attempt `attempt` of run 1 as `phase`, as the worker does after an execution."""
+    reason = "Succeeded" if phase is Phase.COMPLETED else "PermanentFailure"
+    item = Settle(
+        uid=uid, run=1, attempt=attempt, phase=phase, reason=reason, message=outcome, outcome=outcome
+    )
+    await ledger.settle([item])
 
 
 async def test_migrations_run_twice_without_harm(database_url: str) -> None:
@@ -125,35 +135,11 @@ async def test_nullifier_released_by_dead_letter_and_spent_by_completion(pool: a
     raw = {"target": {"noop": {}}, "nullifier": "n-1", "maxAttempts": 1}
     holder = (await admit(ledger, raw, "a")).row
     await ledger.start_attempts([str(holder.ref.uid)])
-    await ledger.settle(
-        [
-            Settle(
-                uid=holder.ref.uid,
-                run=1,
-                attempt=1,
-                phase=Phase.DEAD_LETTERED,
-                reason="PermanentFailure",
-                message="400",
-                outcome="permanent",
-            )
-        ]
-    )
+    await finish(ledger, holder.ref.uid, Phase.DEAD_LETTERED, "permanent")
     second = (await admit(ledger, raw, "b")).row
     assert second.phase is Phase.QUEUED
     await ledger.start_attempts([str(second.ref.uid)])
-    await ledger.settle(
-        [
-            Settle(
-                uid=second.ref.uid,
-                run=1,
-                attempt=1,
-                phase=Phase.COMPLETED,
-                reason="Succeeded",
-                message="ok",
-                outcome="succeeded",
-            )
-        ]
-    )
+    await finish(ledger, second.ref.uid, Phase.COMPLETED, "succeeded")
     third = (await admit(ledger, raw, "c")).row
     assert (third.phase, third.reason) == (Phase.REJECTED, "NullifierSpent")
     # A dead-lettered holder cannot be re-driven while another job has spent its nullifier.
@@ -164,19 +150,7 @@ async def test_redrive_resets_attempts_and_keeps_history(pool: asyncpg.Pool) -> 
     ledger = Ledger(pool, "w1")
     row = (await admit(ledger, {"target": {"noop": {}}, "maxAttempts": 1})).row
     await ledger.start_attempts([str(row.ref.uid)])
-    await ledger.settle(
-        [
-            Settle(
-                uid=row.ref.uid,
-                run=1,
-                attempt=1,
-                phase=Phase.DEAD_LETTERED,
-                reason="PermanentFailure",
-                message="x",
-                outcome="permanent",
-            )
-        ]
-    )
+    await finish(ledger, row.ref.uid, Phase.DEAD_LETTERED, "permanent")
     redriven = await ledger.redrive(row.ref.uid, "token-1")
     assert redriven is not None
     assert (redriven.phase, redriven.attempts, redriven.run) == (Phase.QUEUED, 0, 2)
