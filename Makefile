@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup run test lint unit integration e2e bench bench-quick clean
+.PHONY: setup run test lint unit integration e2e bench bench-setup bench-quick clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -28,10 +28,18 @@ integration: setup
 e2e: setup
 	$(PY) -m pytest tests/e2e -q
 
-bench: setup
+# Benchmarks are not tests: peers (arq, SAQ from PyPI; BullMQ from npm) are installed only here.
+BENCH_STAMP = .venv/.bench-$(shell sha256sum pyproject.toml bench/peers/bullmq/package-lock.json | sha256sum | cut -c1-16)
+
+bench-setup: setup
+	@test -f $(BENCH_STAMP) || { $(PY) -m pip install -q -e '.[bench]' \
+		&& (cd bench/peers/bullmq && npm ci --no-audit --no-fund --silent) \
+		&& rm -f .venv/.bench-* && touch $(BENCH_STAMP); }
+
+bench: bench-setup
 	$(PY) -m bench
 
-bench-quick: setup
+bench-quick: bench-setup
 	$(PY) -m bench --quick
 
 clean:

@@ -1,0 +1,137 @@
+"""`make bench` / `make bench-quick`: us and our peers, measured in the same run on this machine.
+
+    python -m bench [--quick] [--only core,e2e,connections,memory] [--rounds N]
+
+Sections (see each module): core queue against arq, SAQ and BullMQ (`bench.core`), end to end
+through the sandbox's API server (`bench.e2e`), connection discipline (`bench.connections`) and
+the operator's memory (`bench.e2e`). Writes bench/results/latest.json (plus a copy named after the
+mode), bench/RESULTS.md and bench/results/throughput.png, and prints the ratios.
+
+Benchmarks are not tests: nothing here runs in `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import connections, core, e2e, report
+from bench.env import BENCH, RESULTS, Servers, log, machine
+
+SECTIONS = ("core", "e2e", "connections", "memory")
+
+
+@dataclass(frozen=True)
+class Scale:
+    core_jobs: int
+    concurrencies: tuple[int, ...]
+    rounds: int
+    e2e_jobs: int
+    raw_patches: int
+    conn_ops: int
+    conn_concurrency: int
+    naive_deadline: float
+    memory_steps: tuple[int, ...]
+
+
+FULL = Scale(20_000, (10, 100), 2, 2_000, 6_000, 100_000, 200, 60.0, (1_000, 10_000))
+QUICK = Scale(5_000, (10, 100), 1, 1_000, 2_000, 20_000, 200, 15.0, (1_000, 3_000))
+
+
+def _check_peers() -> None:
+    missing = [m for m in ("arq", "saq", "matplotlib", "psutil") if not _importable(m)]
+    if missing:
+        sys.exit(f"bench: missing {', '.join(missing)}; run: .venv/bin/pip install -e '.[bench]'")
+    if shutil.which("node") is None:
+        sys.exit("bench: node (Node.js 18+) is needed for the BullMQ peer")
+    bullmq = BENCH / "peers" / "bullmq"
+    if not (bullmq / "node_modules" / "bullmq").is_dir():
+        log("installing BullMQ into bench/peers/bullmq (npm ci)")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=bullmq, check=True)
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller run, under 5 minutes")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument("--rounds", type=int, default=0, help="core-queue runs per system (best kept)")
+    parser.add_argument("--keep-servers", action="store_true", help="leave the bench's servers running")
+    args = parser.parse_args(argv)
+    scale = QUICK if args.quick else FULL
+    rounds = args.rounds or scale.rounds
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    _check_peers()
+    started = time.monotonic()
+    servers = Servers(kube=bool({"e2e", "memory"} & set(chosen)))
+    servers.up()
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": "quick" if args.quick else "full",
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    try:
+        if "core" in chosen:
+            log(f"core queue: {scale.core_jobs} jobs at concurrency {scale.concurrencies}, {rounds} round(s)")
+            result["core"] = core.run(servers, scale.core_jobs, scale.concurrencies, rounds)
+        if "e2e" in chosen:
+            log(f"end to end: {scale.e2e_jobs} RelayJobs through the API server")
+            result["e2e"] = e2e.run_e2e(servers, scale.e2e_jobs, scale.raw_patches)
+        if "connections" in chosen:
+            log(f"connections: {scale.conn_ops} ops at concurrency {scale.conn_concurrency}")
+            from controller.settings import Settings
+
+            pool_max = Settings().redis_pool_max
+            result["connections"] = connections.run(
+                servers.redis_url, scale.conn_ops, scale.conn_concurrency, pool_max, scale.naive_deadline
+            )
+            result["connections"]["kernel"] = _kernel_net()
+        if "memory" in chosen:
+            log(f"memory: idle, then {scale.memory_steps} RelayJobs")
+            result["memory"] = e2e.run_memory(servers, scale.memory_steps)
+    finally:
+        if not args.keep_servers:
+            servers.down()
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["bench_seconds"] = round(time.monotonic() - started, 1)
+    result["targets"] = report.targets(result)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=2) + "\n"
+    (RESULTS / "latest.json").write_text(text)
+    (RESULTS / f"{result['mode']}.json").write_text(text)
+    report.write(result, BENCH / "RESULTS.md", RESULTS / "throughput.png")
+    print(report.summary(result))
+    return 0
+
+
+def _kernel_net() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in ("tcp_tw_reuse", "ip_local_port_range", "tcp_fin_timeout"):
+        path = Path("/proc/sys/net/ipv4") / name
+        try:
+            out[name] = " ".join(path.read_text().split())
+        except OSError:
+            continue
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Section 1, the core queue: us and the peers draining the same pre-queued no-op jobs on the same
+redis-server, at the same concurrency, each worker in a process of its own.
+
+Runs are interleaved (us, BullMQ, arq, SAQ, then again) and each system keeps its best run: the
+machine is shared, and the best of several is the figure least disturbed by its neighbours.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.env import BENCH, PYTHON, Servers, flush_redis, log, run_json
+
+SYSTEMS = ("relayjob", "bullmq", "arq", "saq")
+
+
+def _command(system: str, servers: Servers, jobs: int, concurrency: int) -> list[str]:
+    url = servers.redis_url
+    if system == "relayjob":
+        dsn = servers.new_database("core")
+        return [PYTHON, "-m", "bench.relay_core", url, dsn, str(jobs), str(concurrency)]
+    if system == "bullmq":
+        return ["node", str(BENCH / "peers" / "bullmq" / "drain.js"), url, str(jobs), str(concurrency)]
+    return [PYTHON, "-m", f"bench.peers.{system}_peer", url, str(jobs), str(concurrency)]
+
+
+def run(servers: Servers, jobs: int, concurrencies: tuple[int, ...], rounds: int) -> dict[str, Any]:
+    by_concurrency: dict[str, dict[str, float]] = {}
+    runs: dict[str, dict[str, list[float]]] = {}
+    for concurrency in concurrencies:
+        seen: dict[str, list[float]] = {s: [] for s in SYSTEMS}
+        for round_no in range(rounds):
+            for system in SYSTEMS:
+                flush_redis(servers.redis_url)
+                figures = run_json(_command(system, servers, jobs, concurrency), timeout=900)
+                if int(figures["jobs"]) < jobs:
+                    raise RuntimeError(f"{system} finished only {figures['jobs']} of {jobs} jobs")
+                rate = float(figures["jobs_per_s"])
+                seen[system].append(rate)
+                log(
+                    f"core c={concurrency} round {round_no + 1}/{rounds}: {system:8s} {rate:8.0f} jobs/s"
+                    f" ({figures['seconds']:.2f}s)"
+                )
+        flush_redis(servers.redis_url)
+        by_concurrency[str(concurrency)] = {s: round(max(v), 1) for s, v in seen.items()}
+        runs[str(concurrency)] = {s: [round(x, 1) for x in v] for s, v in seen.items()}
+    return {"jobs": jobs, "by_concurrency": by_concurrency, "runs": runs, "rounds": rounds}

@@ -1,0 +1,190 @@
+"""Sections 2 and 4: end to end through the sandbox's API server, and the operator's memory.
+
+e2e: N RelayJobs created through the API at high concurrency while a watch records when each one
+shows `Completed`; jobs/s over the whole run, create-to-Completed latency per job, and the API
+writes the operator made per job, from the API server's own `apiserver_request_total` (write verbs
+on relayjobs and events, minus the bench's creates). Beside it, the physical limit: the rate at
+which a plain client patches RelayJob status on the same API server.
+
+memory: RSS of an operator process idle, then with 1,000 and 10,000 RelayJobs created and completed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import psutil
+
+from bench.env import WORK, Servers, log
+from bench.kube import Api, Operator, bounded, delta, raw_status_patch_rate, write_counts
+
+CREATE_CONCURRENCY = 64
+
+
+def _operator(servers: Servers, tag: str) -> tuple[Operator, str]:
+    suffix = uuid.uuid4().hex[:8]
+    namespace = f"bench-{tag}-{suffix}"
+    env = {
+        "KUBECONFIG": str(servers.sandbox.kubeconfig),
+        "RELAY_REDIS_URL": servers.redis_url,
+        "RELAY_DATABASE_URL": servers.new_database(tag),
+        "RELAY_KEY_PREFIX": f"b{tag}{suffix}",
+        "RELAY_NAMESPACES": namespace,
+        "RELAY_PEERING_NAME": f"bench-{suffix}",
+        "RELAY_STANDALONE": "true",
+        "RELAY_LOG_FORMAT": "json",
+    }
+    return Operator(env, WORK / "logs" / f"operator-{tag}-{suffix}.log"), namespace
+
+
+class Tracker:
+    """Create times sent by the bench and `Completed` times seen on the watch, by name."""
+
+    def __init__(self) -> None:
+        self.created: dict[str, float] = {}
+        self.completed: dict[str, float] = {}
+        self.all_done = asyncio.Event()
+        self.expected = 0
+
+    async def follow(self, api: Api, namespace: str, version: str) -> None:
+        async for event in api.watch(namespace, version):
+            obj = event["object"]
+            name = obj["metadata"]["name"]
+            if (obj.get("status") or {}).get("phase") == "Completed" and name not in self.completed:
+                self.completed[name] = time.perf_counter()
+                if len(self.completed) >= self.expected:
+                    self.all_done.set()
+
+
+async def _create_and_wait(
+    api: Api, namespace: str, names: list[str], tracker: Tracker, timeout: float
+) -> float:
+    tracker.expected += len(names)
+    tracker.all_done.clear()
+
+    async def create(name: str) -> None:
+        tracker.created[name] = time.perf_counter()
+        await api.create_job(namespace, name)
+
+    began = time.perf_counter()
+    await bounded(CREATE_CONCURRENCY, (create(n) for n in names))
+    log(f"  {len(names)} RelayJobs created in {time.perf_counter() - began:.1f}s")
+    async with asyncio.timeout(timeout):
+        await tracker.all_done.wait()
+    return began
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
+    server = servers.sandbox.apiserver
+    raw = await raw_status_patch_rate(
+        server, f"bench-raw-{uuid.uuid4().hex[:6]}", objects=200, patches=raw_patches, concurrency=32
+    )
+    log(f"e2e: raw status patches {raw['per_s']:.0f}/s")
+    operator, namespace = _operator(servers, "e2e")
+    api = Api(server, connections=CREATE_CONCURRENCY)
+    tracker = Tracker()
+    try:
+        await api.create_namespace(namespace)
+        operator.start()
+        version = await api.list_version(namespace)
+        watcher = asyncio.create_task(tracker.follow(api, namespace, version))
+        await asyncio.sleep(1.0)
+        before = write_counts(server)
+        names = [f"e2e-{i:05d}" for i in range(jobs)]
+        began = await _create_and_wait(api, namespace, names, tracker, timeout=600)
+        finished = max(tracker.completed.values())
+        await asyncio.sleep(3.0)  # trailing writes (late Events, status re-checks) count too
+        after = write_counts(server)
+        watcher.cancel()
+        metrics = operator.metrics()
+    finally:
+        operator.stop()
+        await api.close()
+    writes = delta(before, after)
+    ours = {
+        f"{verb} {resource}{'/' + sub if sub else ''}": count
+        for (verb, resource, sub), count in sorted(writes.items())
+    }
+    own_creates = float(jobs)
+    total = sum(writes.values()) - own_creates
+    ours["POST relayjobs"] = ours.get("POST relayjobs", 0.0) - own_creates
+    latencies = [tracker.completed[n] - tracker.created[n] for n in names]
+    seconds = finished - began
+    per_job = total / jobs
+    jobs_per_s = jobs / seconds
+    limit = raw["per_s"] / max(per_job, 1e-9)
+    return {
+        "jobs": jobs,
+        "seconds": round(seconds, 3),
+        "jobs_per_s": round(jobs_per_s, 1),
+        "p50_s": round(_percentile(latencies, 0.50), 3),
+        "p99_s": round(_percentile(latencies, 0.99), 3),
+        "max_s": round(max(latencies), 3),
+        "api_writes_per_job": round(per_job, 3),
+        "api_writes": {k: v for k, v in ours.items() if v},
+        "raw_status_patches_per_s": round(raw["per_s"], 1),
+        "limit_jobs_per_s": round(limit, 1),
+        "fraction_of_limit": round(jobs_per_s / limit, 3),
+        "operator_status_writes": metrics.get("relayjob_status_writes_total", 0.0),
+    }
+
+
+def run_e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
+    return asyncio.run(_e2e(servers, jobs, raw_patches))
+
+
+def _rss_mib(pid: int) -> float:
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+async def _memory(servers: Servers, steps: tuple[int, ...]) -> dict[str, Any]:
+    server = servers.sandbox.apiserver
+    operator, namespace = _operator(servers, "mem")
+    api = Api(server, connections=CREATE_CONCURRENCY)
+    tracker = Tracker()
+    out: dict[str, Any] = {}
+    peak = 0.0
+    try:
+        await api.create_namespace(namespace)
+        operator.start()
+        await asyncio.sleep(5.0)
+        out["idle_mib"] = round(_rss_mib(operator.pid), 1)
+        log(f"memory: idle {out['idle_mib']} MiB")
+        version = await api.list_version(namespace)
+        watcher = asyncio.create_task(tracker.follow(api, namespace, version))
+        have = 0
+        for step in steps:
+            names = [f"mem-{i:05d}" for i in range(have, step)]
+
+            async def sample() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, _rss_mib(operator.pid))
+                    await asyncio.sleep(0.5)
+
+            sampler = asyncio.create_task(sample())
+            await _create_and_wait(api, namespace, names, tracker, timeout=1200)
+            sampler.cancel()
+            have = step
+            await asyncio.sleep(5.0)  # let the status writer and the reconciler settle
+            out[f"rj_{step}_mib"] = round(_rss_mib(operator.pid), 1)
+            log(f"memory: {step} RelayJobs {out[f'rj_{step}_mib']} MiB")
+        watcher.cancel()
+    finally:
+        operator.stop()
+        await api.close()
+    out["peak_mib"] = round(peak, 1)
+    return out
+
+
+def run_memory(servers: Servers, steps: tuple[int, ...]) -> dict[str, Any]:
+    return asyncio.run(_memory(servers, steps))

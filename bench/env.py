@@ -1,0 +1,148 @@
+"""The servers every benchmark runs against, and small helpers shared by the sections.
+
+One sandbox under `bench/.work/sandbox` provides redis-server (shared by us and the peers, flushed
+between runs) and, for the Kubernetes sections, etcd + kube-apiserver. The ledger runs on a
+PostgreSQL of the bench's own with the durability settings a production server has (`fsync=on`,
+`synchronous_commit=on`, `full_page_writes=on`): the sandbox's PostgreSQL turns those off to make
+tests fast, and a queue benchmark on a ledger that never reaches the disk would flatter us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+
+from controller.sandbox.binaries import find_postgres_bindir
+from controller.sandbox.sandbox import Sandbox
+from controller.sandbox.servers import PostgresServer
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+WORK = BENCH / ".work"
+RESULTS = BENCH / "results"
+PYTHON = sys.executable
+_RELAXED = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class DurablePostgres(PostgresServer):
+    """The sandbox's PostgreSQL without the settings that trade durability for test speed."""
+
+    def command(self) -> list[str]:
+        argv = super().command()
+        out: list[str] = []
+        for i, arg in enumerate(argv):
+            if arg in _RELAXED or (arg == "-c" and i + 1 < len(argv) and argv[i + 1] in _RELAXED):
+                continue
+            out.append(arg)
+        return [*out, "-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "full_page_writes=on"]
+
+
+@dataclass
+class Servers:
+    """The bench's servers; `up` starts what the chosen sections need."""
+
+    kube: bool
+    sandbox: Sandbox = field(init=False)
+    postgres: DurablePostgres = field(init=False)
+
+    def up(self) -> None:
+        components = ("etcd", "kube-apiserver", "redis") if self.kube else ("redis",)
+        self.sandbox = Sandbox(WORK / "sandbox", components=components, helm=False, log=log)
+        self.sandbox.up()
+        pg_dir = WORK / "ledger"
+        pg_dir.mkdir(parents=True, exist_ok=True)
+        self.postgres = DurablePostgres(pg_dir, find_postgres_bindir())
+        self.postgres.stop()  # a server left over by an interrupted run
+        self.postgres.launch()
+        self.postgres.wait_ready()
+        log(f"ledger PostgreSQL (durable) at {self.postgres.dsn}")
+
+    def down(self) -> None:
+        self.postgres.stop()
+        self.sandbox.down()
+
+    @property
+    def redis_url(self) -> str:
+        return self.sandbox.redis.url
+
+    def new_database(self, prefix: str) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        self.postgres.psql(f'CREATE DATABASE "{name}"')
+        return urlunsplit(urlsplit(self.postgres.dsn)._replace(path=f"/{name}"))
+
+
+def redis_info(url: str, section: str) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        client = aioredis.Redis.from_url(url)
+        try:
+            return dict(await client.info(section))
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def flush_redis(url: str) -> None:
+    async def go() -> None:
+        client = aioredis.Redis.from_url(url)
+        try:
+            await client.flushall()
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+def run_json(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a measuring subprocess; its last stdout line is a JSON object with its figures."""
+    result = subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{argv[0]} {' '.join(argv[1:3])} exited {result.returncode}:\n{result.stderr[-3000:]}"
+        )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{argv} printed no result:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    data: dict[str, Any] = json.loads(lines[-1])
+    return data
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB, {platform.system()} {platform.release()},"
+        f" Python {platform.python_version()}"
+    )

@@ -1,0 +1,277 @@
+"""A plain async client of the sandbox's API server, as cluster-admin, and the operator as a process.
+
+The bench's creates and its watch go through here; so does the "physical limit": how fast a plain
+client patches RelayJob status on the same API server, with the same kind of body the operator sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.env import PYTHON, ROOT
+from controller.sandbox.servers import KubeAPIServer, free_port
+
+GROUP_PATH = "/apis/relay.dev/v1alpha1"
+WRITE_VERBS = ("POST", "PATCH", "PUT", "DELETE", "APPLY")
+NOOP = {"target": {"noop": {}}}
+
+
+def jobs_path(namespace: str) -> str:
+    return f"{GROUP_PATH}/namespaces/{namespace}/relayjobs"
+
+
+class Api:
+    def __init__(self, server: KubeAPIServer, connections: int = 64) -> None:
+        self.server = server
+        self.session = aiohttp.ClientSession(
+            base_url=server.url,
+            connector=aiohttp.TCPConnector(ssl=server.ssl_context(), limit=connections),
+            timeout=aiohttp.ClientTimeout(total=60),
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        for attempt in range(5):
+            async with self.session.request(method, path, **kwargs) as response:
+                if response.status == 429 or response.status >= 500:
+                    await asyncio.sleep(0.1 * (attempt + 1))
+                    continue
+                if response.status >= 300:
+                    raise RuntimeError(f"{method} {path}: {response.status} {await response.text()}")
+                return await response.json()
+        raise RuntimeError(f"{method} {path}: API server kept refusing")
+
+    async def create_namespace(self, name: str) -> None:
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        await self.request("POST", "/api/v1/namespaces", json=body)
+
+    async def create_job(
+        self, namespace: str, name: str, spec: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        body = {
+            "apiVersion": "relay.dev/v1alpha1",
+            "kind": "RelayJob",
+            "metadata": {"name": name},
+            "spec": spec or NOOP,
+        }
+        created: dict[str, Any] = await self.request("POST", jobs_path(namespace), json=body)
+        return created
+
+    async def list_version(self, namespace: str) -> str:
+        page = await self.request("GET", jobs_path(namespace), params={"limit": "1"})
+        return str(page["metadata"]["resourceVersion"])
+
+    async def watch(self, namespace: str, resource_version: str) -> AsyncIterator[dict[str, Any]]:
+        """Watch events, resumed from the last version seen when the server closes the stream."""
+        version = resource_version
+        while True:
+            params = {
+                "watch": "1",
+                "resourceVersion": version,
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": "600",
+            }
+            async with self.session.get(
+                jobs_path(namespace), params=params, timeout=aiohttp.ClientTimeout(total=None)
+            ) as response:
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    version = obj.get("metadata", {}).get("resourceVersion", version)
+                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                        yield event
+
+
+async def bounded(limit: int, work: Iterable[Any]) -> list[Any]:
+    """Run awaitables with at most `limit` in flight."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(item: Any) -> Any:
+        async with gate:
+            return await item
+
+    return list(await asyncio.gather(*(one(w) for w in work)))
+
+
+def write_counts(server: KubeAPIServer) -> dict[tuple[str, str, str], float]:
+    """apiserver_request_total summed by (verb, resource, subresource), for write verbs on
+    relayjobs and events."""
+    counts: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(server.metrics()):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            labels = sample.labels
+            if labels.get("resource") not in ("relayjobs", "events") or labels.get("verb") not in WRITE_VERBS:
+                continue
+            key = (labels["verb"], labels["resource"], labels.get("subresource", ""))
+            counts[key] = counts.get(key, 0.0) + sample.value
+    return counts
+
+
+def delta(
+    before: dict[tuple[str, str, str], float], after: dict[tuple[str, str, str], float]
+) -> dict[tuple[str, str, str], float]:
+    keys = set(before) | set(after)
+    return {
+        k: after.get(k, 0.0) - before.get(k, 0.0) for k in keys if after.get(k, 0.0) != before.get(k, 0.0)
+    }
+
+
+def status_body(uid: str, n: int) -> list[dict[str, Any]]:
+    """A status document shaped like the operator's `Completed` one, as the same JSON patch."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    status = {
+        "phase": "Completed",
+        "attempts": 1,
+        "retries": 0,
+        "queuedAt": stamp,
+        "startedAt": stamp,
+        "completedAt": stamp,
+        "observedGeneration": 1,
+        "result": {"n": n},
+        "conditions": [
+            {
+                "type": "Succeeded",
+                "status": "True",
+                "reason": "Succeeded",
+                "message": "noop target",
+                "lastTransitionTime": stamp,
+                "observedGeneration": 1,
+            },
+            {
+                "type": "Failed",
+                "status": "False",
+                "reason": "Succeeded",
+                "message": "",
+                "lastTransitionTime": stamp,
+                "observedGeneration": 1,
+            },
+        ],
+    }
+    return [
+        {"op": "test", "path": "/metadata/uid", "value": uid},
+        {"op": "add", "path": "/status", "value": status},
+    ]
+
+
+async def raw_status_patch_rate(
+    server: KubeAPIServer, namespace: str, objects: int, patches: int, concurrency: int
+) -> dict[str, Any]:
+    """Patches per second a plain aiohttp client reaches on RelayJob status (nobody watching)."""
+    api = Api(server, connections=concurrency)
+    try:
+        await api.create_namespace(namespace)
+        created = await bounded(concurrency, (api.create_job(namespace, f"raw-{i}") for i in range(objects)))
+        refs = [(c["metadata"]["name"], c["metadata"]["uid"]) for c in created]
+        headers = {"Content-Type": "application/json-patch+json"}
+
+        async def patch(i: int) -> None:
+            name, uid = refs[i % len(refs)]
+            await api.request(
+                "PATCH", f"{jobs_path(namespace)}/{name}/status", json=status_body(uid, i), headers=headers
+            )
+
+        await bounded(concurrency, (patch(i) for i in range(min(200, patches))))  # warm-up
+        began = time.perf_counter()
+        await bounded(concurrency, (patch(i) for i in range(patches)))
+        seconds = time.perf_counter() - began
+    finally:
+        await api.close()
+    return {"patches": patches, "seconds": seconds, "per_s": patches / seconds, "concurrency": concurrency}
+
+
+@dataclass
+class Operator:
+    """`python -m controller run` as users run it, with its own database, key prefix, namespace."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout: float = 90.0) -> None:
+        env = {**os.environ, **self.env, "RELAY_HTTP_PORT": str(self.port)}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as handle:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "controller", "run"],
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited {self.proc.returncode}; see {self.log_path}")
+            if self._probe("/readyz") == 200:
+                self._profile()
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"operator not ready within {ready_timeout}s; see {self.log_path}")
+
+    def _profile(self) -> None:
+        """With BENCH_PYSPY=<file>, py-spy samples the operator until it exits (raw stacks)."""
+        out = os.environ.get("BENCH_PYSPY")
+        if out and self.proc is not None:
+            spy = Path(PYTHON).with_name("py-spy")
+            argv = [str(spy), "record", "--pid", str(self.proc.pid), "-r", "100", "-f", "raw", "-o", out]
+            subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def _probe(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+        except OSError:
+            return 0
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return out
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
