@@ -7,8 +7,6 @@ score stays an exact integer and ZPOPMIN yields the right job without a tie-brea
 
 from __future__ import annotations
 
-from controller.model.spec import RelayJobSpec
-
 SEQ_BITS = 45
 MAX_SEQ = (1 << SEQ_BITS) - 1
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
@@ -20,7 +18,3 @@ def ready_score(priority: int, seq: int) -> int:
     if not 0 <= seq <= MAX_SEQ:
         raise ValueError(f"sequence {seq} outside 0..{MAX_SEQ}")
     return ((MAX_PRIORITY - priority) << SEQ_BITS) | seq
-
-
-def score_for(spec: RelayJobSpec, seq: int) -> int:
-    return ready_score(spec.priority, seq)

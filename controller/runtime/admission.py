@@ -17,7 +17,7 @@ from controller.adapters.ledger import UNSTORABLE, Ledger, Refusal
 from controller.adapters.metrics import Metrics
 from controller.adapters.queue import Placement, Queue
 from controller.core.admission import Admitted, admit
-from controller.core.scoring import score_for
+from controller.core.scoring import ready_score
 from controller.model.jobs import JobRef, JobRow
 from controller.model.phases import Phase, Reason
 from controller.runtime.events import EventPoster
@@ -29,14 +29,17 @@ log = logging.getLogger("relayjob.admission")
 REDRIVE_ANNOTATION = "relay.dev/redrive"
 
 
-def placement(row: JobRow) -> Placement:
+def placement_for(uid: UUID, priority: int, seq: int, next_attempt_at: datetime | None) -> Placement:
     """Where the ledger says a waiting job belongs in Redis."""
-    at = row.next_attempt_at
     return Placement(
-        uid=str(row.ref.uid),
-        score=score_for(row.spec, row.seq),
-        ready_at_ms=int(at.timestamp() * 1000) if at else 0,
+        uid=str(uid),
+        score=ready_score(priority, seq),
+        ready_at_ms=int(next_attempt_at.timestamp() * 1000) if next_attempt_at else 0,
     )
+
+
+def placement(row: JobRow) -> Placement:
+    return placement_for(row.ref.uid, row.spec.priority, row.seq, row.next_attempt_at)
 
 
 def _created(meta: Mapping[str, Any]) -> datetime:

@@ -23,7 +23,7 @@ from controller.adapters.metrics import Metrics
 from controller.adapters.queue import Queue
 from controller.model.jobs import ClusterApi
 from controller.model.phases import Phase
-from controller.runtime.admission import placement
+from controller.runtime.admission import placement_for
 from controller.runtime.logs import job_fields
 from controller.runtime.worker import TRANSIENT
 
@@ -63,7 +63,7 @@ class Reconciler:
             row = await self.ledger.get(uid)
             if row is not None and self._watched(row.ref.namespace):
                 await self.forget(uid)
-        rows = await self.ledger.active()
+        rows = await self.ledger.waiting()
         now = datetime.now(UTC)
         cutoff = now - timedelta(seconds=self.lease_seconds)
         # A job Processing for less than one lease may be running right now on a worker whose
@@ -71,9 +71,9 @@ class Reconciler:
         # a moment ago may not have reached Redis yet; its admission is placing it right now.
         fresh = now - timedelta(seconds=ADMISSION_GRACE_SECONDS)
         items = [
-            placement(r)
+            placement_for(r.uid, r.priority, r.seq, r.next_attempt_at)
             for r in rows
-            if r.ref.uid in live
+            if r.uid in live
             and (r.phase is not Phase.PROCESSING or (r.started_at or cutoff) <= cutoff)
             and (r.phase is not Phase.QUEUED or (r.queued_at or fresh) <= fresh)
         ]
