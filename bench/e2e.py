@@ -105,7 +105,7 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
         await asyncio.sleep(3.0)  # trailing writes (late Events, status re-checks) count too
         after = write_counts(server)
         watcher.cancel()
-        metrics = operator.metrics()
+        metrics = operator.metric_values()
     finally:
         operator.stop()
         await api.close()

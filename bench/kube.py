@@ -7,24 +7,20 @@ client patches RelayJob status on the same API server, with the same kind of bod
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.env import PYTHON, ROOT
-from controller.sandbox.servers import KubeAPIServer, free_port
+from bench.env import PYTHON
+from controller.sandbox.operator_process import OperatorProcess
+from controller.sandbox.servers import KubeAPIServer
 
 GROUP_PATH = "/apis/relay.dev/v1alpha1"
 WRITE_VERBS = ("POST", "PATCH", "PUT", "DELETE", "APPLY")
@@ -202,38 +198,10 @@ async def raw_status_patch_rate(
     return {"patches": patches, "seconds": seconds, "per_s": patches / seconds, "concurrency": concurrency}
 
 
-@dataclass
-class Operator:
-    """`python -m controller run` as users run it, with its own database, key prefix, namespace."""
+class Operator(OperatorProcess):
+    """The operator process of the e2e and memory benchmarks."""
 
-    env: dict[str, str]
-    log_path: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, ready_timeout: float = 90.0) -> None:
-        env = {**os.environ, **self.env, "RELAY_HTTP_PORT": str(self.port)}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as handle:
-            self.proc = subprocess.Popen(
-                [PYTHON, "-m", "controller", "run"],
-                env=env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited {self.proc.returncode}; see {self.log_path}")
-            if self._probe("/readyz") == 200:
-                self._profile()
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"operator not ready within {ready_timeout}s; see {self.log_path}")
-
-    def _profile(self) -> None:
+    def started(self) -> None:
         """With BENCH_PYSPY=<file>, py-spy samples the operator until it exits (raw stacks)."""
         out = os.environ.get("BENCH_PYSPY")
         if out and self.proc is not None:
@@ -241,37 +209,10 @@ class Operator:
             argv = [str(spy), "record", "--pid", str(self.proc.pid), "-r", "100", "-f", "raw", "-o", out]
             subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def _probe(self, path: str) -> int:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                return int(r.status)
-        except urllib.error.HTTPError as error:
-            return int(error.code)
-        except OSError:
-            return 0
-
-    def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-            text = r.read().decode()
+    def metric_values(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
+        for family in text_string_to_metric_families(self.metrics()):
             for sample in family.samples:
                 labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
                 out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
         return out
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)

@@ -19,8 +19,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from controller.sandbox.operator_process import OperatorProcess
 from controller.sandbox.sandbox import COMPONENTS, DEFAULT_CRD, Sandbox
-from tests.support.operator import OperatorProcess
 from tests.support.target import Target, ThreadedTarget
 
 pytestmark = pytest.mark.e2e

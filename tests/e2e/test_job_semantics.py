@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.operator import OperatorProcess
+from controller.sandbox.operator_process import OperatorProcess
 from tests.support.target import Target, ThreadedTarget
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support.operator import OperatorProcess, free_port
+from controller.sandbox.operator_process import OperatorProcess
+from controller.sandbox.servers import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.operator import OperatorProcess
+from controller.sandbox.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -1,11 +1,11 @@
-"""The operator as users run it: `python -m controller run`, a real process with its own env."""
+"""The operator as users run it, `python -m controller run` in a process of its own: for the e2e
+tests and the benchmarks, which start, probe, scrape, stop and kill it."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,11 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from controller.sandbox.servers import free_port
 
 
 @dataclass
@@ -31,6 +27,7 @@ class OperatorProcess:
 
     def start(self, ready_timeout: float = 60.0) -> OperatorProcess:
         env = {**os.environ, **self.env, "RELAY_HTTP_PORT": str(self.port)}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         handle = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controller", "run"],
@@ -45,9 +42,18 @@ class OperatorProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"operator exited {self.proc.returncode}:\n{self.logs()[-4000:]}")
             if self.probe("/readyz") == 200:
+                self.started()
                 return self
             time.sleep(0.2)
         raise RuntimeError(f"operator not ready within {ready_timeout}s:\n{self.logs()[-4000:]}")
+
+    def started(self) -> None:
+        """Called once the process is ready; a hook for subclasses (the bench attaches a profiler)."""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def probe(self, path: str) -> int:
         try:
