@@ -1,13 +1,8 @@
 """Where jobs are claimed, executed, retried and dead-lettered.
 
-claim    `_claim_loop`: an atomic Lua claim leases jobs in Redis, then the ledger opens the
-         attempts of as many as there are free slots (stale ids are dropped here, lease-expired
-         ones counted and maybe dead-lettered). While jobs finish fast, Redis leases are taken a
-         little ahead (a stock of at most ~PREFETCH_HORIZON seconds of work, at most
-         `claim_batch` jobs), so short jobs wait for one round trip per batch, not two. Only the
-         Redis lease is taken ahead: an attempt is opened in the ledger when a slot is free for
-         it, so `attempts` still counts executions started, and a crash costs stocked jobs
-         nothing but their lease.
+claim    `_claim_loop`: an atomic Lua claim leases up to the free slots, then the ledger opens
+         the attempts (stale ids are dropped here, lease-expired ones counted and maybe
+         dead-lettered).
 execute  `_attempt`: the executor runs under the per-attempt timeout while `_heartbeat`
          renews every held lease in one call.
 record   `_settle_loop`: outcomes are written to the ledger in batches, fenced by attempt;
@@ -21,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
@@ -51,11 +45,6 @@ TRANSIENT = (
     TimeoutError,
 )
 SETTLE_BATCH = 256
-SETTLE_WINDOW = 0.005
-# Lease ahead of the free slots only as much work as the running jobs get through in this long
-# (judged by recent attempt durations): a job leased ahead waits at most about that long to start.
-PREFETCH_HORIZON = 0.1
-OPEN_PIPELINE = 4
 
 
 def _ms(ts: float | None = None) -> int:
@@ -88,19 +77,8 @@ class Worker:
         self.events = events
         self.metrics = metrics
         self._slots = asyncio.Semaphore(settings.concurrency)
-        self._opened = 0  # attempts opened and not yet finished (at most the concurrency)
-        self._room = asyncio.Event()  # an opened attempt finished
-        self._settled = asyncio.Event()  # a batch of outcomes was recorded
-        self._stock: deque[str] = deque()  # leased in Redis ahead of a free slot; no attempt yet
-        self._openers = asyncio.Semaphore(OPEN_PIPELINE)
-        self._opening: set[asyncio.Task[None]] = set()
-        self._open_backoff, self._open_backoff_until = 0.1, 0.0
-        self._job_seconds = 1.0  # moving average of attempt durations; no stock until it is short
         self._held: set[str] = set()
-        # Held by the heartbeat while it renews, and by every step that takes uids out of Redis's
-        # `leased` and out of `_held`: a renewal (a plain ZADD) sent after such a step would
-        # otherwise put a finished job back into `leased`.
-        self._leases = asyncio.Lock()
+        self._leases = asyncio.Lock()  # orders lease renewals against lease removals
         self._running: dict[UUID, asyncio.Task[None]] = {}
         self._done: asyncio.Queue[_Done] = asyncio.Queue()
         self._wake = asyncio.Event()
@@ -119,63 +97,29 @@ class Worker:
     async def run(self) -> None:
         await asyncio.gather(self._claim_loop(), self._settle_loop(), self._heartbeat())
 
-    def _prefetch(self) -> int:
-        """Leases to hold beyond the free slots: the work the running jobs finish in PREFETCH_HORIZON."""
-        if self._job_seconds >= PREFETCH_HORIZON:
-            return 0
-        ahead = int(self.settings.concurrency * PREFETCH_HORIZON / max(self._job_seconds, 1e-4))
-        return min(self.settings.claim_batch, ahead)
-
-    def _finished(self, n: int = 1) -> None:
-        self._opened -= n
-        self._room.set()
-
     async def _claim_loop(self) -> None:
         lease_ms = int(self.settings.lease_seconds * 1000)
         idle, backoff = 0.005, 0.1
         while True:
-            if self._done.qsize() >= SETTLE_BATCH:
-                # Outcomes are piling up faster than the ledger records them: open no more
-                # attempts until they are recorded (an unrecorded outcome is work a crash redoes).
-                self._settled.clear()
-                await self._settled.wait()
-                continue
-            free = self.settings.concurrency - self._opened
-            if free <= 0:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            take: list[str] = []
+            await self._slots.acquire()
+            free = 1
+            while free < self.settings.claim_batch and not self._slots.locked():
+                await self._slots.acquire()
+                free += 1
             try:
-                prefetch = self._prefetch()
-                if len(self._stock) < free + prefetch // 2:
-                    want = min(self.settings.claim_batch, free + prefetch - len(self._stock))
-                    uids = await self.queue.claim(want, _ms(), lease_ms)
-                    self._held.update(uids)
-                    self._stock.extend(uids)
+                uids = await self.queue.claim(free, _ms(), lease_ms)
+                self._held.update(uids)
+                started = await self._start(uids) if uids else 0
             except TRANSIENT as error:
                 log.warning("claim failed, retrying in %.1fs: %s", backoff, error)
                 self.metrics.errors.labels("claim").inc()
+                self._release_slots(free)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10)
                 continue
-            # Slots freed while an earlier batch was being opened get a batch of their own at
-            # once: up to OPEN_PIPELINE openings are in flight, so a slot never waits for two.
-            await self._openers.acquire()
-            free = self.settings.concurrency - self._opened
-            take = [self._stock.popleft() for _ in range(min(free, len(self._stock)))]
-            if take:
-                self._opened += len(take)
-                opening = asyncio.create_task(self._open(take))
-                self._opening.add(opening)
-                opening.add_done_callback(self._opening.discard)
-            else:
-                self._openers.release()
-            pause = self._open_backoff_until - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
             backoff = 0.1
-            if take or self._stock:
+            self._release_slots(free - started)
+            if uids:
                 idle = 0.005
                 continue
             self._wake.clear()
@@ -184,20 +128,9 @@ class Worker:
                     await self._wake.wait()
             idle = min(idle * 2, self.settings.poll_interval_seconds)
 
-    async def _open(self, uids: list[str]) -> None:
-        """Open the attempts of `uids` and start them; the claim loop goes on meanwhile."""
-        started = 0
-        try:
-            started = await self._start(uids)
-            self._open_backoff = 0.1
-        except TRANSIENT as error:
-            log.warning("opening attempts failed, pausing %.1fs: %s", self._open_backoff, error)
-            self.metrics.errors.labels("claim").inc()
-            self._open_backoff_until = time.monotonic() + self._open_backoff
-            self._open_backoff = min(self._open_backoff * 2, 10)
-        finally:
-            self._openers.release()
-            self._finished(len(uids) - started)
+    def _release_slots(self, n: int) -> None:
+        for _ in range(n):
+            self._slots.release()
 
     async def _start(self, uids: list[str]) -> int:
         try:
@@ -214,25 +147,24 @@ class Worker:
                     "skipping stale queue entry %s: no active ledger row", uid, extra={"job": {"uid": uid}}
                 )
             self.metrics.stale.inc(len(batch.stale))
-            async with self._leases:
-                await self.queue.remove(batch.stale)
-                self._held.difference_update(batch.stale)
+            await self.queue.remove(batch.stale)
+            self._held.difference_update(batch.stale)
         if batch.exhausted:
             now = _ms()
-            async with self._leases:
-                await self.queue.settle(dead=[(str(r.ref.uid), now) for r in batch.exhausted])
-                self._held.difference_update(str(r.ref.uid) for r in batch.exhausted)
+            await self.queue.settle(dead=[(str(r.ref.uid), now) for r in batch.exhausted])
+            self._held.difference_update(str(r.ref.uid) for r in batch.exhausted)
             for row in batch.exhausted:
                 self._announce(row)
         self.metrics.attempts.inc(len(batch.started))
-        self.status.offer(batch.started)
-        self.status.offer(batch.exhausted)
+        self.status.mark(r.ref.uid for r in batch.started)
         for row in batch.started:
             self._running[row.ref.uid] = asyncio.create_task(self._attempt(row))
         return len(batch.started)
 
     async def _attempt(self, row: JobRow) -> None:
         uid = row.ref.uid
+        self.metrics.inflight.inc()
+        began = time.monotonic()
         ctx = AttemptContext(
             ref=row.ref,
             spec=row.spec,
@@ -240,23 +172,16 @@ class Worker:
             idempotency_key=row.spec.nullifier or str(uid),
         )
         try:
-            async with self._slots:
-                self.metrics.inflight.inc()
-                began = time.monotonic()
-                try:
-                    result = await self._execute(ctx)
-                finally:
-                    self.metrics.inflight.dec()
+            result = await self._execute(ctx)
         except asyncio.CancelledError:
             # Deleted while in flight: the ledger marks it cancelled; nothing to record here.
             self._held.discard(str(uid))
             return
         finally:
+            self.metrics.inflight.dec()
             self._running.pop(uid, None)
-            self._finished()
-        seconds = time.monotonic() - began
-        self._job_seconds += (seconds - self._job_seconds) * 0.1
-        self._done.put_nowait(_Done(row, result, seconds))
+            self._slots.release()
+        self._done.put_nowait(_Done(row, result, time.monotonic() - began))
 
     async def _execute(self, ctx: AttemptContext) -> ExecutionResult:
         executor = self.executors[ctx.spec.target.executor]
@@ -283,9 +208,6 @@ class Worker:
         while True:
             if not pending:
                 pending.append(await self._done.get())
-                # Outcomes arriving within a few milliseconds share one ledger statement and one
-                # Redis transaction; slots are already free, so this costs latency, not throughput.
-                await asyncio.sleep(SETTLE_WINDOW)
             while len(pending) < SETTLE_BATCH and not self._done.empty():
                 pending.append(self._done.get_nowait())
             try:
@@ -304,7 +226,6 @@ class Worker:
                 continue
             backoff = 0.1
             pending = []
-            self._settled.set()
 
     async def _settle(self, done: list[_Done]) -> None:
         now = datetime.now(UTC)
@@ -349,12 +270,15 @@ class Worker:
         # The ledger has committed: from here on nothing may send these outcomes through the ledger
         # again (a second settle is fenced out and would look like a lost race), so the status
         # is told now and only the Redis step is retried until it succeeds.
-        self.status.offer(recorded.values())
+        self.status.mark(recorded)
         for row in recorded.values():
             self._announce(row)
         backoff = 0.1
         while True:
             try:
+                # Under the lease lock: a heartbeat's ZADD landing after this settle would put a
+                # recorded (perhaps retrying) job back into `leased`, and the reaper would run it
+                # early. Outcomes leave `_held` in the same critical section.
                 async with self._leases:
                     await self.queue.settle(done=finished, retry=retry, dead=dead)
                     self._held.difference_update(str(d.row.ref.uid) for d in done)
@@ -393,23 +317,13 @@ class Worker:
                 continue
             try:
                 async with self._leases:
-                    deadline = _ms() + int(self.settings.lease_seconds * 1000)
-                    await self.queue.renew(list(self._held), deadline)
+                    await self.queue.renew(list(self._held), _ms() + int(self.settings.lease_seconds * 1000))
             except TRANSIENT as error:
                 log.warning("lease renewal failed: %s", error)
                 self.metrics.errors.labels("heartbeat").inc()
 
     async def drain(self) -> None:
         """Stop taking work and let attempts in flight finish (graceful shutdown)."""
-        if self._opening:
-            await asyncio.wait(list(self._opening), timeout=self.settings.lease_seconds)
-        stock = list(self._stock)
-        self._stock.clear()
-        if stock:  # leased ahead, never started: hand them back rather than let the leases run out
-            with contextlib.suppress(*TRANSIENT):
-                async with self._leases:
-                    await self.queue.release(stock)
-                    self._held.difference_update(stock)
         running = list(self._running.values())
         if running:
             await asyncio.wait(running, timeout=self.settings.lease_seconds)
