@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from uuid import UUID
 
+import asyncpg
+
 from controller.adapters.kube import KubeError
 from controller.adapters.ledger import Ledger
 from controller.adapters.metrics import Metrics
@@ -66,8 +68,9 @@ class StatusWriter:
             try:
                 await self.flush(batch)
                 backoff = 0.5
-            except (KubeError, OSError, TimeoutError) as error:
-                # The API server or Postgres is away: keep the jobs dirty and try again later.
+            except (KubeError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                # The API server or PostgreSQL is away (restarting, shutting down): keep the jobs
+                # dirty and try again later; this loop must outlive every outage.
                 log.warning("status flush failed, retrying in %.1fs: %s", backoff, error)
                 self._metrics.errors.labels("status").inc()
                 self._dirty.update(batch)

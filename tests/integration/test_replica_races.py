@@ -116,3 +116,30 @@ async def test_redis_failure_after_the_ledger_commit_still_reports_the_outcome(
 
         await eventually(left_redis, timeout=15)
     assert app.metrics.fenced._value.get() == 0
+
+
+async def test_status_writer_outlives_postgresql_shutting_down(
+    app: App, cluster: RecordingCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL restart made the status loop's ledger read raise CannotConnectNowError, which
+    killed the loop and with it the operator (fault suite, 'postgres restart')."""
+    import asyncpg
+
+    real_get_many = app.ledger.get_many
+    failures = iter([asyncpg.CannotConnectNowError("the database system is shutting down")])
+
+    async def flaky_get_many(uids: Any) -> Any:
+        for error in failures:
+            raise error
+        return await real_get_many(uids)
+
+    monkeypatch.setattr(app.ledger, "get_many", flaky_get_many)
+    ref = new_ref("restart")
+    await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
+    loop = asyncio.create_task(app.status.run())
+    try:
+        await asyncio.wait_for(app.status.wait_idle(), 10)
+    finally:
+        loop.cancel()
+    assert not loop.done() or loop.cancelled()
+    assert cluster.status[ref.uid]["phase"] == "Queued"
