@@ -73,15 +73,29 @@ async def _run(settings: Settings) -> int:
     await asyncio.wait(
         [kopf_task, work, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
     )
+    code = 0
+    if work.done() and not work.cancelled() and (failure := work.exception()) is not None:
+        # Exit non-zero so that the kubelet restarts the pod; going on without a worker would
+        # leave jobs leased and unrenewed with nobody to say why.
+        log.critical("background work stopped: %r", failure, exc_info=failure)
+        code = 1
     stop.set()
     work.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await work
     with contextlib.suppress(asyncio.CancelledError, Exception):
-        await asyncio.wait_for(kopf_task, timeout=10)
+        await work
+    # kopf stops through its stop flag. Cancelling it instead (or letting an exception reach
+    # asyncio.run, which cancels every task) can leave its scheduler waiting for its own
+    # cancelled helper tasks forever, and the process would never exit.
+    await asyncio.wait([kopf_task], timeout=10)
+    if not kopf_task.done():
+        log.error("kopf did not stop within 10s")
+        code = 1
+    elif not kopf_task.cancelled() and (failure := kopf_task.exception()) is not None:
+        log.critical("kopf stopped: %r", failure, exc_info=failure)
+        code = 1
     await runner.cleanup()
     await app.close()
-    return 0
+    return code
 
 
 def run(argv: list[str]) -> int:

@@ -1,0 +1,56 @@
+"""When the operator's background work stops on an error nothing anticipated, the process says
+why and exits non-zero (so the kubelet restarts it) instead of running on without a worker or
+hanging in kopf's shutdown."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from controller.sandbox.servers import free_port
+
+pytestmark = pytest.mark.e2e
+
+# The operator as `python -m controller run` starts it, with its background work made to fail
+# once kopf is watching and the worker is busy, as an unanticipated bug in a loop would.
+FAILING = """
+import asyncio, sys
+from controller import cli
+from controller.runtime.app import App
+
+started = App.run
+
+async def run(self):
+    work = asyncio.create_task(started(self))
+    await asyncio.sleep(2)
+    work.cancel()
+    raise RuntimeError("a bug in a background loop")
+
+App.run = run
+sys.exit(cli.main(["run"]))
+"""
+
+
+def test_background_failure_ends_the_process_with_a_reason(
+    operator_env: dict[str, str], control_plane: Any, namespace: str
+) -> None:
+    docs = "\n---\n".join(
+        f"""{{"apiVersion": "relay.dev/v1alpha1", "kind": "RelayJob",
+            "metadata": {{"name": "exit-{i}", "namespace": "{namespace}"}},
+            "spec": {{"target": {{"noop": {{}}}}}}}}"""
+        for i in range(50)
+    )
+    control_plane.kubectl("apply", "-f", "-", input=docs)
+    env = {**os.environ, **operator_env, "RELAY_HTTP_PORT": str(free_port())}
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", FAILING], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "background work stopped" in output and "a bug in a background loop" in output, output
+    assert time.monotonic() - began < 30, output
