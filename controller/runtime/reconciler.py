@@ -15,9 +15,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
-
-from controller.adapters.kube import KubeError
 from controller.adapters.ledger import Ledger
 from controller.adapters.metrics import Metrics
 from controller.adapters.queue import Queue
@@ -25,7 +22,7 @@ from controller.model.jobs import ClusterApi
 from controller.model.phases import Phase
 from controller.runtime.admission import placement_for
 from controller.runtime.logs import job_fields
-from controller.runtime.worker import TRANSIENT
+from controller.runtime.retry import TRANSIENT
 
 log = logging.getLogger("relayjob.reconciler")
 ADMISSION_GRACE_SECONDS = 2.0
@@ -119,7 +116,7 @@ class Reconciler:
         while True:
             try:
                 await action()
-            except (*TRANSIENT, KubeError, asyncpg.PostgresError) as error:
+            except TRANSIENT as error:
                 log.warning("%s failed; will retry: %s", name, error)
                 self.metrics.errors.labels(name).inc()
             await asyncio.sleep(period)

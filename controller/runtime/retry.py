@@ -28,10 +28,16 @@ OUTAGE = (
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.TransactionRollbackError,
     asyncpg.InterfaceError,
+    # asyncpg can hand out a pooled connection that a server shutdown broke mid-operation
+    # (MagicStack/asyncpg#1069): the next query on it fails this way, and a retry gets a new one.
+    asyncpg.exceptions.InternalClientError,
     KubeError,
     OSError,
     TimeoutError,
 )
+# For loops that keep what they are working on while they wait (outcomes, leases, dirty
+# statuses): any error from a server is waited out, since giving up would stop the process.
+TRANSIENT = (*OUTAGE, redis.exceptions.RedisError, asyncpg.PostgresError)
 
 T = TypeVar("T")
 log = logging.getLogger("relayjob.retry")
@@ -44,12 +50,13 @@ async def until_done(
     first_delay: float = 0.2,
     max_delay: float = 10.0,
     extra: Mapping[str, object] | None = None,
+    retry_on: tuple[type[BaseException], ...] = OUTAGE,
 ) -> T:
     delay = first_delay
     while True:
         try:
             return await action()
-        except OUTAGE as error:
+        except retry_on as error:
             log.warning("%s failed, retrying in %.1fs: %s", what, delay, error, extra=extra or {})
             metrics.errors.labels(what).inc()
             await asyncio.sleep(delay)

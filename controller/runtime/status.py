@@ -14,14 +14,13 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from uuid import UUID
 
-import asyncpg
-
 from controller.adapters.kube import KubeError
 from controller.adapters.ledger import Ledger
 from controller.adapters.metrics import Metrics
 from controller.core.lifecycle import status_document
 from controller.model.jobs import ClusterApi, JobRow
 from controller.runtime.logs import job_fields
+from controller.runtime.retry import TRANSIENT
 
 log = logging.getLogger("relayjob.status")
 FLUSH_BATCH = 500
@@ -68,7 +67,7 @@ class StatusWriter:
             try:
                 await self.flush(batch)
                 backoff = 0.5
-            except (KubeError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except TRANSIENT as error:
                 # The API server or PostgreSQL is away (restarting, shutting down): keep the jobs
                 # dirty and try again later; this loop must outlive every outage.
                 log.warning("status flush failed, retrying in %.1fs: %s", backoff, error)

@@ -18,10 +18,8 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from uuid import UUID
-
-import asyncpg
-import redis.exceptions
 
 from controller.adapters.ledger import Ledger, Settle
 from controller.adapters.metrics import Metrics
@@ -31,19 +29,12 @@ from controller.model.jobs import AttemptContext, ExecutionResult, Executor, Job
 from controller.model.phases import Phase
 from controller.runtime.events import EventPoster
 from controller.runtime.logs import job_fields
+from controller.runtime.retry import TRANSIENT, until_done
 from controller.runtime.status import StatusWriter
 from controller.settings import Settings
 
 log = logging.getLogger("relayjob.worker")
 
-# Transient infrastructure failures: progress pauses with backoff, nothing is lost.
-TRANSIENT = (
-    redis.exceptions.RedisError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    OSError,
-    TimeoutError,
-)
 SETTLE_BATCH = 256
 
 
@@ -203,29 +194,14 @@ class Worker:
             )
 
     async def _settle_loop(self) -> None:
-        backoff = 0.1
-        pending: list[_Done] = []
         while True:
-            if not pending:
-                pending.append(await self._done.get())
+            pending = [await self._done.get()]
             while len(pending) < SETTLE_BATCH and not self._done.empty():
                 pending.append(self._done.get_nowait())
-            try:
-                await self._settle(pending)
-            except TRANSIENT as error:
-                # Leases stay held and renewed while we wait: the outcome is not lost.
-                log.warning(
-                    "recording %d outcomes failed, retrying in %.1fs: %s",
-                    len(pending),
-                    backoff,
-                    error,
-                )
-                self.metrics.errors.labels("settle").inc()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10)
-                continue
-            backoff = 0.1
-            pending = []
+            # Leases stay held and renewed while this waits out an outage: no outcome is lost.
+            await until_done(
+                partial(self._settle, pending), "settle", self.metrics, first_delay=0.1, retry_on=TRANSIENT
+            )
 
     async def _settle(self, done: list[_Done]) -> None:
         now = datetime.now(UTC)
@@ -273,26 +249,27 @@ class Worker:
         self.status.mark(recorded)
         for row in recorded.values():
             self._announce(row)
-        backoff = 0.1
-        while True:
-            try:
-                # Under the lease lock: a heartbeat's ZADD landing after this settle would put a
-                # recorded (perhaps retrying) job back into `leased`, and the reaper would run it
-                # early. Outcomes leave `_held` in the same critical section.
-                async with self._leases:
-                    await self.queue.settle(done=finished, retry=retry, dead=dead)
-                    self._held.difference_update(str(d.row.ref.uid) for d in done)
-                break
-            except TRANSIENT as error:
-                log.warning(
-                    "updating Redis after %d outcomes failed, retrying in %.1fs: %s",
-                    len(recorded),
-                    backoff,
-                    error,
-                )
-                self.metrics.errors.labels("settle-redis").inc()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10)
+        await until_done(
+            partial(self._settle_redis, done, finished, retry, dead),
+            "settle-redis",
+            self.metrics,
+            first_delay=0.1,
+            retry_on=TRANSIENT,
+        )
+
+    async def _settle_redis(
+        self,
+        done: list[_Done],
+        finished: list[str],
+        retry: list[tuple[str, int]],
+        dead: list[tuple[str, int]],
+    ) -> None:
+        # Under the lease lock: a heartbeat's ZADD landing after this settle would put a recorded
+        # (perhaps retrying) job back into `leased`, and the reaper would run it early. Outcomes
+        # leave `_held` in the same critical section.
+        async with self._leases:
+            await self.queue.settle(done=finished, retry=retry, dead=dead)
+            self._held.difference_update(str(d.row.ref.uid) for d in done)
 
     def _announce(self, row: JobRow) -> None:
         fields = job_fields(row.ref) | {"phase": row.phase.value, "attempts": row.attempts}
