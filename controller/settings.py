@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(default=0.2, gt=0, le=60)
     payload_limit_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
     status_flush_seconds: float = Field(default=0.2, ge=0, le=60)
+    # A job about to run (Queued and ready) or running shows that phase only after this long, so
+    # one that finishes sooner costs a single status write (Completed) instead of two or three.
+    status_quiet_seconds: float = Field(default=1.0, ge=0, le=30)
     status_concurrency: int = Field(default=32, ge=1, le=1000)
     secret_cache_seconds: float = Field(default=10.0, ge=0, le=3600)
     events_per_second: float = Field(default=20.0, ge=0, le=10_000)

@@ -32,7 +32,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def connect(dsn: str, min_size: int, max_size: int, timeout: float) -> asyncpg.Pool:
-    """The process's one asyncpg pool; `acquire` waits for a free connection up to `timeout`."""
+    """The process's one asyncpg pool; opening a connection gives up after `timeout` seconds."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -83,7 +83,16 @@ async def migrate(pool: asyncpg.Pool) -> list[str]:
     return applied
 
 
-def _spec(record: asyncpg.Record) -> RelayJobSpec | None:
+# A job's spec is written once, at admission, and never updated, so its parsed form can be kept by
+# uid. Only small specs are kept, and only the most recently used: the hot path reads the same job
+# three times within a second (attempt opened, outcome recorded, status written), and validating
+# the spec is most of the cost of turning a row into a JobRow.
+SPEC_CACHE_SIZE = 4096
+SPEC_CACHE_MAX_PAYLOAD = 1024
+_specs: dict[UUID, RelayJobSpec] = {}
+
+
+def _parse_spec(record: asyncpg.Record) -> RelayJobSpec | None:
     if record["phase"] == Phase.REJECTED.value:
         try:
             return RelayJobSpec.model_validate(record["spec"])
@@ -92,12 +101,27 @@ def _spec(record: asyncpg.Record) -> RelayJobSpec | None:
     return RelayJobSpec.model_validate(record["spec"])
 
 
-def to_row(record: asyncpg.Record) -> JobRow:
+def _spec(record: asyncpg.Record, remember: bool = True) -> RelayJobSpec | None:
+    uid = record["uid"]
+    spec = _specs.pop(uid, None)
+    if spec is None:
+        spec = _parse_spec(record)
+        if spec is None or not remember or spec.payload_size() > SPEC_CACHE_MAX_PAYLOAD:
+            return spec
+        if len(_specs) >= SPEC_CACHE_SIZE:
+            del _specs[next(iter(_specs))]
+    _specs[uid] = spec  # (re)inserted last: the dict's order is least recently used first
+    return spec
+
+
+def to_row(record: asyncpg.Record, remember: bool = True) -> JobRow:
+    """A ledger row as the runtime sees it; `remember=False` for bulk reads (reconciliation),
+    so a pass over every active job does not push the hot path's specs out of the cache."""
     return JobRow(
         ref=JobRef(uid=record["uid"], namespace=record["namespace"], name=record["name"]),
         seq=record["seq"],
         phase=Phase(record["phase"]),
-        spec_or_none=_spec(record),
+        spec_or_none=_spec(record, remember),
         generation=record["generation"],
         nullifier=record["nullifier"],
         attempts=record["attempts"],
@@ -302,54 +326,48 @@ class Ledger:
         is closed as `lost`, and if that was its last attempt the job is dead-lettered instead.
         Ids with no live, active ledger row are stale.
         """
-        ids = [UUID(u) for u in uids]
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT uid, phase, attempts, max_attempts FROM jobs"
-                " WHERE uid = ANY($1::uuid[]) AND deleted_at IS NULL AND phase = ANY($2::text[])"
-                " FOR UPDATE",
-                ids,
-                list(ACTIVE),
-            )
-            live = {r["uid"]: r for r in rows}
-            stale = [u for u in uids if UUID(u) not in live]
-            relapsed = [u for u, r in live.items() if r["phase"] == Phase.PROCESSING.value]
-            exhausted_ids = [
-                u
-                for u, r in live.items()
-                if r["phase"] == Phase.PROCESSING.value and r["attempts"] >= r["max_attempts"]
-            ]
-            startable = [u for u in live if u not in set(exhausted_ids)]
-            if relapsed:
-                await conn.execute(
-                    "UPDATE attempts a SET outcome = 'lost', reason = 'LeaseExpired',"
-                    " message = 'the worker stopped renewing its lease', finished_at = now()"
-                    " FROM jobs j WHERE j.uid = ANY($1::uuid[]) AND a.job_uid = j.uid"
-                    " AND a.run = j.run AND a.outcome = 'running'",
-                    relapsed,
-                )
-            started = await conn.fetch(
-                f"UPDATE jobs SET phase = 'Processing', attempts = attempts + 1,"
-                f" started_at = now(), next_attempt_at = NULL, reason = 'Started',"
-                f" message = 'attempt ' || (attempts + 1) || ' started', {_TOUCH}"
-                f" WHERE uid = ANY($1::uuid[]) RETURNING *",
-                startable,
-            )
-            if started:
-                await conn.executemany(
-                    "INSERT INTO attempts (job_uid, run, attempt, worker) VALUES ($1, $2, $3, $4)",
-                    [(r["uid"], r["run"], r["attempts"], self.worker_id) for r in started],
-                )
-            exhausted = await conn.fetch(
-                f"UPDATE jobs SET phase = 'DeadLettered', reason = 'AttemptsExhausted',"
-                f" message = attempts || ' of ' || max_attempts || ' attempts used; the last one"
-                f" lost its lease (its worker died or froze)',"
-                f" last_error = 'LeaseExpired: the worker running the attempt stopped renewing"
-                f" its lease', finished_at = now(), nullifier_state = NULL, {_TOUCH}"
-                f" WHERE uid = ANY($1::uuid[]) RETURNING *",
-                exhausted_ids,
-            )
-        return StartBatch([to_row(r) for r in started], [to_row(r) for r in exhausted], stale)
+        # One statement, so one round trip and one commit: its sub-statements share the lock
+        # taken by `live` and see the same snapshot, and they touch disjoint rows.
+        records = await self.pool.fetch(
+            "WITH live AS ("
+            "   SELECT uid, phase, attempts, max_attempts, run FROM jobs"
+            "   WHERE uid = ANY($1::uuid[]) AND deleted_at IS NULL AND phase = ANY($2::text[])"
+            "   FOR UPDATE),"
+            " lost AS ("
+            "   UPDATE attempts a SET outcome = 'lost', reason = 'LeaseExpired',"
+            "   message = 'the worker stopped renewing its lease', finished_at = now()"
+            "   FROM live l WHERE l.phase = 'Processing' AND a.job_uid = l.uid AND a.run = l.run"
+            "   AND a.outcome = 'running'),"
+            " started AS ("
+            "   UPDATE jobs j SET phase = 'Processing', attempts = j.attempts + 1,"
+            "   started_at = now(), next_attempt_at = NULL, reason = 'Started',"
+            "   message = 'attempt ' || (j.attempts + 1) || ' started',"
+            "   version = j.version + 1, updated_at = now()"
+            "   FROM live l WHERE j.uid = l.uid"
+            "   AND NOT (l.phase = 'Processing' AND l.attempts >= l.max_attempts)"
+            "   RETURNING j.*),"
+            " opened AS ("
+            "   INSERT INTO attempts (job_uid, run, attempt, worker)"
+            "   SELECT uid, run, attempts, $3 FROM started),"
+            " exhausted AS ("
+            "   UPDATE jobs j SET phase = 'DeadLettered', reason = 'AttemptsExhausted',"
+            "   message = j.attempts || ' of ' || j.max_attempts || ' attempts used; the last one"
+            " lost its lease (its worker died or froze)',"
+            "   last_error = 'LeaseExpired: the worker running the attempt stopped renewing"
+            " its lease', finished_at = now(), nullifier_state = NULL,"
+            "   version = j.version + 1, updated_at = now()"
+            "   FROM live l WHERE j.uid = l.uid"
+            "   AND l.phase = 'Processing' AND l.attempts >= l.max_attempts"
+            "   RETURNING j.*)"
+            " SELECT true AS opened, * FROM started UNION ALL SELECT false, * FROM exhausted",
+            [UUID(u) for u in uids],
+            list(ACTIVE),
+            self.worker_id,
+        )
+        started = [to_row(r) for r in records if r["opened"]]
+        exhausted = [to_row(r) for r in records if not r["opened"]]
+        found = {str(r["uid"]) for r in records}
+        return StartBatch(started, exhausted, [u for u in uids if u not in found])
 
     async def settle(self, items: Sequence[Settle]) -> list[JobRow]:
         """Record outcomes; returns the rows that took effect. A row missing from the answer was
@@ -368,43 +386,36 @@ class Ledger:
             [i.error for i in items],
             [i.outcome for i in items],
         )
-        async with self.pool.acquire() as conn, conn.transaction():
-            records = await conn.fetch(
-                "UPDATE jobs j SET phase = u.phase, reason = u.reason, message = u.message,"
-                " next_attempt_at = u.next_at, result = COALESCE(u.result::jsonb, j.result),"
-                " last_error = CASE WHEN u.phase = 'Completed' THEN NULL"
-                "   ELSE COALESCE(u.error, j.last_error) END,"
-                " retries = j.retries + CASE WHEN u.phase = 'Retrying' THEN 1 ELSE 0 END,"
-                " finished_at = CASE WHEN u.phase IN ('Completed', 'DeadLettered') THEN now() END,"
-                " nullifier_state = CASE"
-                "   WHEN j.nullifier_state IS NULL THEN NULL"
-                "   WHEN u.phase = 'Completed' THEN 'spent'"
-                "   WHEN u.phase = 'DeadLettered' THEN NULL"
-                "   ELSE j.nullifier_state END,"
-                " version = j.version + 1, updated_at = now()"
-                " FROM unnest($1::uuid[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[],"
-                "   $7::timestamptz[], $8::text[], $9::text[], $10::text[])"
-                "   AS u(uid, run, attempt, phase, reason, message, next_at, result, error, outcome)"
-                " WHERE j.uid = u.uid AND j.run = u.run AND j.attempts = u.attempt"
-                "   AND j.phase = 'Processing' AND j.deleted_at IS NULL"
-                " RETURNING j.*",
-                *cols,
-            )
-            await conn.execute(
-                "UPDATE attempts a SET outcome = u.outcome, reason = u.reason, message = u.message,"
-                " result = u.result::jsonb, finished_at = now()"
-                " FROM unnest($1::uuid[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[],"
-                "   $7::text[]) AS u(uid, run, attempt, outcome, reason, message, result)"
-                " WHERE a.job_uid = u.uid AND a.run = u.run AND a.attempt = u.attempt"
-                "   AND a.outcome = 'running'",
-                cols[0],
-                cols[1],
-                cols[2],
-                cols[9],
-                cols[4],
-                cols[5],
-                cols[7],
-            )
+        # One statement: the fenced jobs update and the attempts update commit together.
+        records = await self.pool.fetch(
+            "WITH u AS ("
+            "   SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::text[], $5::text[],"
+            "   $6::text[], $7::timestamptz[], $8::text[], $9::text[], $10::text[])"
+            "   AS u(uid, run, attempt, phase, reason, message, next_at, result, error, outcome)),"
+            " recorded AS ("
+            "   UPDATE jobs j SET phase = u.phase, reason = u.reason, message = u.message,"
+            "   next_attempt_at = u.next_at, result = COALESCE(u.result::jsonb, j.result),"
+            "   last_error = CASE WHEN u.phase = 'Completed' THEN NULL"
+            "     ELSE COALESCE(u.error, j.last_error) END,"
+            "   retries = j.retries + CASE WHEN u.phase = 'Retrying' THEN 1 ELSE 0 END,"
+            "   finished_at = CASE WHEN u.phase IN ('Completed', 'DeadLettered') THEN now() END,"
+            "   nullifier_state = CASE"
+            "     WHEN j.nullifier_state IS NULL THEN NULL"
+            "     WHEN u.phase = 'Completed' THEN 'spent'"
+            "     WHEN u.phase = 'DeadLettered' THEN NULL"
+            "     ELSE j.nullifier_state END,"
+            "   version = j.version + 1, updated_at = now()"
+            "   FROM u WHERE j.uid = u.uid AND j.run = u.run AND j.attempts = u.attempt"
+            "   AND j.phase = 'Processing' AND j.deleted_at IS NULL"
+            "   RETURNING j.*),"
+            " closed AS ("
+            "   UPDATE attempts a SET outcome = u.outcome, reason = u.reason, message = u.message,"
+            "   result = u.result::jsonb, finished_at = now()"
+            "   FROM u WHERE a.job_uid = u.uid AND a.run = u.run AND a.attempt = u.attempt"
+            "   AND a.outcome = 'running')"
+            " SELECT * FROM recorded",
+            *cols,
+        )
         return [to_row(r) for r in records]
 
     async def redrive(self, uid: UUID, token: str) -> JobRow | None:
@@ -469,6 +480,13 @@ class Ledger:
                 uid,
             )
         return to_row(record) if record else None
+
+    async def versions(self, uids: Iterable[UUID]) -> dict[UUID, int]:
+        """The current version of each job: enough to tell whether a row read earlier is stale."""
+        records = await self.pool.fetch(
+            "SELECT uid, version FROM jobs WHERE uid = ANY($1::uuid[])", list(uids)
+        )
+        return {r["uid"]: r["version"] for r in records}
 
     async def waiting(self) -> list[Waiting]:
         """Every active job, with just what placing it in Redis needs: reconciliation reads all

@@ -179,19 +179,18 @@ class Queue:
     ) -> None:
         """Apply recorded outcomes in one round trip: finished jobs leave Redis entirely, retries
         wait in `delayed`, dead-lettered ones move to the dead-letter set."""
+        if not (done or retry or dead):
+            return
+        # Variadic commands: a batch of any size is at most four commands in one MULTI.
         pipe = self.client.pipeline(transaction=True)
-        for uid in done:
-            pipe.zrem(self.leased, uid)
-            pipe.hdel(self.score, uid)
-        for uid, at_ms in retry:
-            pipe.zrem(self.leased, uid)
-            pipe.zadd(self.delayed, {uid: at_ms})
-        for uid, at_ms in dead:
-            pipe.zrem(self.leased, uid)
-            pipe.hdel(self.score, uid)
-            pipe.zadd(self.dead, {uid: at_ms})
-        if done or retry or dead:
-            await pipe.execute()
+        pipe.zrem(self.leased, *done, *(uid for uid, _ in retry), *(uid for uid, _ in dead))
+        if done or dead:
+            pipe.hdel(self.score, *done, *(uid for uid, _ in dead))
+        if retry:
+            pipe.zadd(self.delayed, dict(retry))
+        if dead:
+            pipe.zadd(self.dead, dict(dead))
+        await pipe.execute()
 
     async def remove(self, uids: Iterable[str]) -> None:
         """Forget jobs everywhere: deleted, suspended, stale or finished elsewhere."""

@@ -79,17 +79,23 @@ class Admissions:
         key = (generation, redrive, suspend)
         if self._seen.get(ref.uid) == key:
             return
-        row = await self.ledger.get(ref.uid)
+        # A uid this process has never seen is most likely new: admission's INSERT is idempotent
+        # by uid and returns the existing row otherwise, so a read first would only cost a round trip.
+        row = await self.ledger.get(ref.uid) if ref.uid in self._seen else None
+        created = False
         if row is None:
-            row = await self._admit(ref, spec, generation, _created(meta))
-        else:
+            row, created = await self._admit(ref, spec, generation, _created(meta))
+        if not created:
             row = await self._follow(row, redrive, suspend)
             status = body.get("status") or {}
             if status.get("phase") != row.phase.value or status.get("attempts") != row.attempts:
                 self.status.mark([ref.uid])
         self._seen[ref.uid] = key
 
-    async def _admit(self, ref: JobRef, raw: dict[str, Any], generation: int, created: datetime) -> JobRow:
+    async def _admit(
+        self, ref: JobRef, raw: dict[str, Any], generation: int, created: datetime
+    ) -> tuple[JobRow, bool]:
+        """Record the job (or find it recorded); True when this call created its ledger row."""
         verdict = admit(raw, self.payload_limit, self.worker.executors.keys())
         if not isinstance(verdict, Admitted):
             admission = await self.ledger.refuse(
@@ -127,8 +133,8 @@ class Admissions:
         if row.phase is Phase.QUEUED and not row.deleted:
             await self.queue.place([placement(row)], int(time.time() * 1000))
             self.worker.wake()
-        self.status.mark([ref.uid])
-        return row
+        self.status.offer([row])
+        return row, admission.created
 
     async def _follow(self, row: JobRow, redrive: str | None, suspend: bool) -> JobRow:
         """Changes a user makes after admission: a re-drive annotation, `spec.suspend`."""

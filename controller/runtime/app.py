@@ -169,7 +169,12 @@ class App:
         ledger = ledger_mod.Ledger(pool, identity)
         queue = queue_mod.Queue(redis_client, settings.key_prefix)
         status = StatusWriter(
-            ledger, kube, metrics, settings.status_flush_seconds, settings.status_concurrency
+            ledger,
+            kube,
+            metrics,
+            settings.status_flush_seconds,
+            settings.status_concurrency,
+            settings.status_quiet_seconds,
         )
         events = EventPoster(kube, metrics, settings.events_per_second)
         worker = Worker(settings, queue, ledger, executors, status, events, metrics)

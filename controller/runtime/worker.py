@@ -1,8 +1,13 @@
 """Where jobs are claimed, executed, retried and dead-lettered.
 
-claim    `_claim_loop`: an atomic Lua claim leases up to the free slots, then the ledger opens
-         the attempts (stale ids are dropped here, lease-expired ones counted and maybe
-         dead-lettered).
+claim    `_claim_loop`: an atomic Lua claim leases jobs in Redis, then the ledger opens the
+         attempts of as many as there are free slots (stale ids are dropped here, lease-expired
+         ones counted and maybe dead-lettered). While jobs finish fast, Redis leases are taken a
+         little ahead (a stock of at most ~PREFETCH_HORIZON seconds of work, at most
+         `claim_batch` jobs), so short jobs wait for one round trip per batch, not two. Only the
+         Redis lease is taken ahead: an attempt is opened in the ledger when a slot is free for
+         it, so `attempts` still counts executions started, and a crash costs stocked jobs
+         nothing but their lease.
 execute  `_attempt`: the executor runs under the per-attempt timeout while `_heartbeat`
          renews every held lease in one call.
 record   `_settle_loop`: outcomes are written to the ledger in batches, fenced by attempt;
@@ -16,6 +21,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -36,6 +43,11 @@ from controller.settings import Settings
 log = logging.getLogger("relayjob.worker")
 
 SETTLE_BATCH = 256
+SETTLE_WINDOW = 0.005
+# Lease ahead of the free slots only as much work as the running jobs get through in this long
+# (judged by recent attempt durations): a job leased ahead waits at most about that long to start.
+PREFETCH_HORIZON = 0.1
+OPEN_PIPELINE = 4
 
 
 def _ms(ts: float | None = None) -> int:
@@ -68,8 +80,19 @@ class Worker:
         self.events = events
         self.metrics = metrics
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._opened = 0  # attempts opened and not yet finished (at most the concurrency)
+        self._room = asyncio.Event()  # an opened attempt finished
+        self._settled = asyncio.Event()  # a batch of outcomes was recorded
+        self._stock: deque[str] = deque()  # leased in Redis ahead of a free slot; no attempt yet
+        self._openers = asyncio.Semaphore(OPEN_PIPELINE)
+        self._opening: set[asyncio.Task[None]] = set()
+        self._open_backoff, self._open_backoff_until = 0.1, 0.0
+        self._job_seconds = 1.0  # moving average of attempt durations; no stock until it is short
         self._held: set[str] = set()
-        self._leases = asyncio.Lock()  # orders lease renewals against lease removals
+        # Held by the heartbeat while it renews, and by every step that takes uids out of Redis's
+        # `leased` and out of `_held`: a renewal (a plain ZADD) sent after such a step would
+        # otherwise put a finished job back into `leased`.
+        self._leases = asyncio.Lock()
         self._running: dict[UUID, asyncio.Task[None]] = {}
         self._done: asyncio.Queue[_Done] = asyncio.Queue()
         self._wake = asyncio.Event()
@@ -88,29 +111,63 @@ class Worker:
     async def run(self) -> None:
         await asyncio.gather(self._claim_loop(), self._settle_loop(), self._heartbeat())
 
+    def _prefetch(self) -> int:
+        """Leases to hold beyond the free slots: the work the running jobs finish in PREFETCH_HORIZON."""
+        if self._job_seconds >= PREFETCH_HORIZON:
+            return 0
+        ahead = int(self.settings.concurrency * PREFETCH_HORIZON / max(self._job_seconds, 1e-4))
+        return min(self.settings.claim_batch, ahead)
+
+    def _finished(self, n: int = 1) -> None:
+        self._opened -= n
+        self._room.set()
+
     async def _claim_loop(self) -> None:
         lease_ms = int(self.settings.lease_seconds * 1000)
         idle, backoff = 0.005, 0.1
         while True:
-            await self._slots.acquire()
-            free = 1
-            while free < self.settings.claim_batch and not self._slots.locked():
-                await self._slots.acquire()
-                free += 1
+            if self._done.qsize() >= SETTLE_BATCH:
+                # Outcomes are piling up faster than the ledger records them: open no more
+                # attempts until they are recorded (an unrecorded outcome is work a crash redoes).
+                self._settled.clear()
+                await self._settled.wait()
+                continue
+            free = self.settings.concurrency - self._opened
+            if free <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            take: list[str] = []
             try:
-                uids = await self.queue.claim(free, _ms(), lease_ms)
-                self._held.update(uids)
-                started = await self._start(uids) if uids else 0
+                prefetch = self._prefetch()
+                if len(self._stock) < free + prefetch // 2:
+                    want = min(self.settings.claim_batch, free + prefetch - len(self._stock))
+                    uids = await self.queue.claim(want, _ms(), lease_ms)
+                    self._held.update(uids)
+                    self._stock.extend(uids)
             except TRANSIENT as error:
                 log.warning("claim failed, retrying in %.1fs: %s", backoff, error)
                 self.metrics.errors.labels("claim").inc()
-                self._release_slots(free)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10)
                 continue
+            # Slots freed while an earlier batch was being opened get a batch of their own at
+            # once: up to OPEN_PIPELINE openings are in flight, so a slot never waits for two.
+            await self._openers.acquire()
+            free = self.settings.concurrency - self._opened
+            take = [self._stock.popleft() for _ in range(min(free, len(self._stock)))]
+            if take:
+                self._opened += len(take)
+                opening = asyncio.create_task(self._open(take))
+                self._opening.add(opening)
+                opening.add_done_callback(self._opening.discard)
+            else:
+                self._openers.release()
+            pause = self._open_backoff_until - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
             backoff = 0.1
-            self._release_slots(free - started)
-            if uids:
+            if take or self._stock:
                 idle = 0.005
                 continue
             self._wake.clear()
@@ -119,17 +176,38 @@ class Worker:
                     await self._wake.wait()
             idle = min(idle * 2, self.settings.poll_interval_seconds)
 
-    def _release_slots(self, n: int) -> None:
-        for _ in range(n):
-            self._slots.release()
+    async def _open(self, uids: list[str]) -> None:
+        """Open the attempts of `uids` and start them; the claim loop goes on meanwhile."""
+        started = 0
+        try:
+            started = await self._start(uids)
+            self._open_backoff = 0.1
+        except Exception as error:
+            # This runs as a task of its own: whatever stops it must be said here, or it is lost.
+            if isinstance(error, TRANSIENT):
+                log.warning("opening attempts failed, pausing %.1fs: %s", self._open_backoff, error)
+            else:
+                log.exception("opening attempts failed, pausing %.1fs", self._open_backoff)
+            self.metrics.errors.labels("claim").inc()
+            self._open_backoff_until = time.monotonic() + self._open_backoff
+            self._open_backoff = min(self._open_backoff * 2, 10)
+        finally:
+            self._openers.release()
+            self._finished(len(uids) - started)
 
     async def _start(self, uids: list[str]) -> int:
         try:
             batch = await self.ledger.start_attempts(uids)
-        except TRANSIENT:
-            await self.queue.release(uids)
-            self._held.difference_update(uids)
+        except Exception:
+            # Not opened: stop renewing these leases and hand them back; if Redis is away too,
+            # the leases lapse and the reaper re-queues the jobs.
+            await self._let_go(uids, self.queue.release)
             raise
+        # Opened in the ledger: these run whatever happens to the clean-up below.
+        self.metrics.attempts.inc(len(batch.started))
+        self.status.offer(batch.started)
+        for row in batch.started:
+            self._running[row.ref.uid] = asyncio.create_task(self._attempt(row))
         if batch.stale:
             # A queued id whose ledger row is gone, finished or deleted: the seed incident's
             # "job not found" case. Skip it, count it, remove it; never stop the loop for it.
@@ -138,24 +216,30 @@ class Worker:
                     "skipping stale queue entry %s: no active ledger row", uid, extra={"job": {"uid": uid}}
                 )
             self.metrics.stale.inc(len(batch.stale))
-            await self.queue.remove(batch.stale)
-            self._held.difference_update(batch.stale)
+            await self._let_go(batch.stale, self.queue.remove)
         if batch.exhausted:
             now = _ms()
-            await self.queue.settle(dead=[(str(r.ref.uid), now) for r in batch.exhausted])
-            self._held.difference_update(str(r.ref.uid) for r in batch.exhausted)
+            dead = [(str(r.ref.uid), now) for r in batch.exhausted]
+            await self._let_go([uid for uid, _ in dead], lambda _: self.queue.settle(dead=dead))
+            self.status.offer(batch.exhausted)
             for row in batch.exhausted:
                 self._announce(row)
-        self.metrics.attempts.inc(len(batch.started))
-        self.status.mark(r.ref.uid for r in batch.started)
-        for row in batch.started:
-            self._running[row.ref.uid] = asyncio.create_task(self._attempt(row))
         return len(batch.started)
+
+    async def _let_go(self, uids: list[str], step: Callable[[list[str]], Awaitable[object]]) -> None:
+        """Take `uids` out of `leased` with `step`, and out of the renewed set, under the lease lock.
+        A failed `step` is only logged: the leases are no longer renewed, so they lapse and the
+        reaper puts the jobs back (or finds them stale) within a lease period."""
+        async with self._leases:
+            self._held.difference_update(uids)
+            try:
+                await step(uids)
+            except TRANSIENT as error:
+                log.warning("returning %d leases failed; they will lapse: %s", len(uids), error)
+                self.metrics.errors.labels("release").inc()
 
     async def _attempt(self, row: JobRow) -> None:
         uid = row.ref.uid
-        self.metrics.inflight.inc()
-        began = time.monotonic()
         ctx = AttemptContext(
             ref=row.ref,
             spec=row.spec,
@@ -163,16 +247,23 @@ class Worker:
             idempotency_key=row.spec.nullifier or str(uid),
         )
         try:
-            result = await self._execute(ctx)
+            async with self._slots:
+                self.metrics.inflight.inc()
+                began = time.monotonic()
+                try:
+                    result = await self._execute(ctx)
+                finally:
+                    self.metrics.inflight.dec()
         except asyncio.CancelledError:
             # Deleted while in flight: the ledger marks it cancelled; nothing to record here.
             self._held.discard(str(uid))
             return
         finally:
-            self.metrics.inflight.dec()
             self._running.pop(uid, None)
-            self._slots.release()
-        self._done.put_nowait(_Done(row, result, time.monotonic() - began))
+            self._finished()
+        seconds = time.monotonic() - began
+        self._job_seconds += (seconds - self._job_seconds) * 0.1
+        self._done.put_nowait(_Done(row, result, seconds))
 
     async def _execute(self, ctx: AttemptContext) -> ExecutionResult:
         executor = self.executors[ctx.spec.target.executor]
@@ -196,12 +287,16 @@ class Worker:
     async def _settle_loop(self) -> None:
         while True:
             pending = [await self._done.get()]
+            # Outcomes arriving within a few milliseconds share one ledger statement and one
+            # Redis transaction; slots are already free, so this costs latency, not throughput.
+            await asyncio.sleep(SETTLE_WINDOW)
             while len(pending) < SETTLE_BATCH and not self._done.empty():
                 pending.append(self._done.get_nowait())
             # Leases stay held and renewed while this waits out an outage: no outcome is lost.
             await until_done(
                 partial(self._settle, pending), "settle", self.metrics, first_delay=0.1, retry_on=TRANSIENT
             )
+            self._settled.set()
 
     async def _settle(self, done: list[_Done]) -> None:
         now = datetime.now(UTC)
@@ -246,7 +341,7 @@ class Worker:
         # The ledger has committed: from here on nothing may send these outcomes through the ledger
         # again (a second settle is fenced out and would look like a lost race), so the status
         # is told now and only the Redis step is retried until it succeeds.
-        self.status.mark(recorded)
+        self.status.offer(recorded.values())
         for row in recorded.values():
             self._announce(row)
         await until_done(
@@ -294,13 +389,23 @@ class Worker:
                 continue
             try:
                 async with self._leases:
-                    await self.queue.renew(list(self._held), _ms() + int(self.settings.lease_seconds * 1000))
+                    deadline = _ms() + int(self.settings.lease_seconds * 1000)
+                    await self.queue.renew(list(self._held), deadline)
             except TRANSIENT as error:
                 log.warning("lease renewal failed: %s", error)
                 self.metrics.errors.labels("heartbeat").inc()
 
     async def drain(self) -> None:
         """Stop taking work and let attempts in flight finish (graceful shutdown)."""
+        if self._opening:
+            await asyncio.wait(list(self._opening), timeout=self.settings.lease_seconds)
+        stock = list(self._stock)
+        self._stock.clear()
+        if stock:  # leased ahead, never started: hand them back rather than let the leases run out
+            with contextlib.suppress(*TRANSIENT):
+                async with self._leases:
+                    await self.queue.release(stock)
+                    self._held.difference_update(stock)
         running = list(self._running.values())
         if running:
             await asyncio.wait(running, timeout=self.settings.lease_seconds)

@@ -39,13 +39,14 @@ def broken_once(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitabl
 
 
 async def all_completed(app: App, cluster: RecordingCluster, uids: list[Any]) -> bool:
-    rows = await app.ledger.get_many(uids)
-    return all(rows[u].phase is Phase.COMPLETED for u in uids) and all(
+    # Read past the ledger object: its methods are the ones these tests break.
+    rows = {r["uid"]: r["phase"] for r in await app.pool.fetch("SELECT uid, phase FROM jobs")}
+    return all(rows.get(u) == Phase.COMPLETED.value for u in uids) and all(
         cluster.status.get(u, {}).get("phase") == "Completed" for u in uids
     )
 
 
-@pytest.mark.parametrize("method", ["start_attempts", "settle", "get_many", "waiting"])
+@pytest.mark.parametrize("method", ["start_attempts", "settle", "get_many", "versions", "waiting"])
 async def test_a_corrupted_pooled_connection_is_waited_out(
     app: App, cluster: RecordingCluster, method: str
 ) -> None:
