@@ -29,10 +29,15 @@ e2e: setup
 	$(PY) -m pytest tests/e2e -q
 
 # Benchmarks are not tests: peers (arq, SAQ from PyPI; BullMQ from npm) are installed only here.
-BENCH_STAMP = .venv/.bench-$(shell sha256sum pyproject.toml bench/peers/bullmq/package-lock.json | sha256sum | cut -c1-16)
+# The Python peers get a venv of their own: arq pins redis-py < 6, which must not replace the
+# redis-py the operator is tested and measured with.
+PEERS := bench/.work/peers-venv
+BENCH_STAMP = .venv/.bench-$(shell sha256sum pyproject.toml bench/peers/requirements.txt bench/peers/bullmq/package-lock.json | sha256sum | cut -c1-16)
 
 bench-setup: setup
 	@test -f $(BENCH_STAMP) || { $(PY) -m pip install -q -e '.[bench]' \
+		&& rm -rf $(PEERS) && python3 -m venv $(PEERS) \
+		&& $(PEERS)/bin/pip install -q -r bench/peers/requirements.txt \
 		&& (cd bench/peers/bullmq && npm ci --no-audit --no-fund --silent) \
 		&& rm -f .venv/.bench-* && touch $(BENCH_STAMP); }
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import connections, core, e2e, report
-from bench.env import BENCH, RESULTS, Servers, log, machine
+from bench.env import BENCH, PEER_PYTHON, RESULTS, Servers, log, machine
 
 SECTIONS = ("core", "e2e", "connections", "memory")
 
@@ -48,9 +48,10 @@ QUICK = Scale(5_000, (10, 100), 1, 1_000, 2_000, 20_000, 200, 15.0, (1_000, 3_00
 
 
 def _check_peers() -> None:
-    missing = [m for m in ("arq", "saq", "matplotlib", "psutil") if not _importable(m)]
-    if missing:
-        sys.exit(f"bench: missing {', '.join(missing)}; run: .venv/bin/pip install -e '.[bench]'")
+    missing = [m for m in ("matplotlib", "psutil") if not _importable(m)]
+    peers = subprocess.run([PEER_PYTHON, "-c", "import arq, saq"], capture_output=True, check=False)
+    if missing or peers.returncode != 0:
+        sys.exit("bench: peers or bench tools are not installed; run: make bench-setup")
     if shutil.which("node") is None:
         sys.exit("bench: node (Node.js 18+) is needed for the BullMQ peer")
     bullmq = BENCH / "peers" / "bullmq"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.env import BENCH, PYTHON, Servers, flush_redis, log, run_json
+from bench.env import BENCH, PEER_PYTHON, PYTHON, Servers, flush_redis, log, run_json
 
 SYSTEMS = ("relayjob", "bullmq", "arq", "saq")
 
@@ -21,7 +21,7 @@ def _command(system: str, servers: Servers, jobs: int, concurrency: int) -> list
         return [PYTHON, "-m", "bench.relay_core", url, dsn, str(jobs), str(concurrency)]
     if system == "bullmq":
         return ["node", str(BENCH / "peers" / "bullmq" / "drain.js"), url, str(jobs), str(concurrency)]
-    return [PYTHON, "-m", f"bench.peers.{system}_peer", url, str(jobs), str(concurrency)]
+    return [PEER_PYTHON, "-m", f"bench.peers.{system}_peer", url, str(jobs), str(concurrency)]
 
 
 def run(servers: Servers, jobs: int, concurrencies: tuple[int, ...], rounds: int) -> dict[str, Any]:

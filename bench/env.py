@@ -34,6 +34,8 @@ BENCH = ROOT / "bench"
 WORK = BENCH / ".work"
 RESULTS = BENCH / "results"
 PYTHON = sys.executable
+# arq and SAQ, from a venv of their own (`make bench-setup`): see the Makefile.
+PEER_PYTHON = str(WORK / "peers-venv" / "bin" / "python")
 _RELAXED = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
 
 

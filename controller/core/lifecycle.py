@@ -105,7 +105,14 @@ def _condition(
 
 
 def _utc(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 in UTC to the second, as Kubernetes writes times (several per status document,
+    so without strftime, which costs several times as much)."""
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
+        f"T{value.hour:02d}:{value.minute:02d}:{value.second:02d}Z"
+    )
 
 
 def conditions_for(row: JobRow, now: datetime) -> list[dict[str, Any]]:

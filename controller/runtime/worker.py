@@ -1,13 +1,13 @@
 """Where jobs are claimed, executed, retried and dead-lettered.
 
-claim    `_claim_loop`: an atomic Lua claim leases jobs in Redis, then the ledger opens the
-         attempts of as many as there are free slots (stale ids are dropped here, lease-expired
-         ones counted and maybe dead-lettered). While jobs finish fast, Redis leases are taken a
-         little ahead (a stock of at most ~PREFETCH_HORIZON seconds of work, at most
-         `claim_batch` jobs), so short jobs wait for one round trip per batch, not two. Only the
-         Redis lease is taken ahead: an attempt is opened in the ledger when a slot is free for
-         it, so `attempts` still counts executions started, and a crash costs stocked jobs
-         nothing but their lease.
+claim    `_claim_loop`: an atomic Lua claim leases jobs in Redis, then the ledger opens their
+         attempts in batches (stale ids are dropped here, lease-expired ones counted and maybe
+         dead-lettered). While jobs finish fast, work is taken a little ahead of the free
+         slots, at most ~PREFETCH_HORIZON seconds of it and at most `claim_batch` jobs: Redis
+         leases, and attempts opened in the ledger that wait for a slot. Without it every
+         slot would wait for a durable commit between two short jobs. The price: a crash
+         counts an attempt for the jobs opened ahead in its last ~PREFETCH_HORIZON, which had
+         not started yet (they are re-queued like the jobs in flight).
 execute  `_attempt`: the executor runs under the per-attempt timeout while `_heartbeat`
          renews every held lease in one call.
 record   `_settle_loop`: outcomes are written to the ledger in batches, fenced by attempt;
@@ -80,7 +80,7 @@ class Worker:
         self.events = events
         self.metrics = metrics
         self._slots = asyncio.Semaphore(settings.concurrency)
-        self._opened = 0  # attempts opened and not yet finished (at most the concurrency)
+        self._opened = 0  # attempts opened and not yet finished, running or about to
         self._room = asyncio.Event()  # an opened attempt finished
         self._settled = asyncio.Event()  # a batch of outcomes was recorded
         self._stock: deque[str] = deque()  # leased in Redis ahead of a free slot; no attempt yet
@@ -132,7 +132,7 @@ class Worker:
                 self._settled.clear()
                 await self._settled.wait()
                 continue
-            free = self.settings.concurrency - self._opened
+            free = self.settings.concurrency + self._prefetch() - self._opened
             if free <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -154,7 +154,7 @@ class Worker:
             # Slots freed while an earlier batch was being opened get a batch of their own at
             # once: up to OPEN_PIPELINE openings are in flight, so a slot never waits for two.
             await self._openers.acquire()
-            free = self.settings.concurrency - self._opened
+            free = self.settings.concurrency + self._prefetch() - self._opened
             take = [self._stock.popleft() for _ in range(min(free, len(self._stock)))]
             if take:
                 self._opened += len(take)

@@ -94,3 +94,13 @@ def test_status_of_dead_letter() -> None:
     }
     cond = {c["type"]: c for c in doc["conditions"]}
     assert cond["Failed"]["status"] == "True"
+
+
+def test_times_are_rfc3339_utc_seconds_whatever_the_offset() -> None:
+    from datetime import timezone
+
+    from controller.core.lifecycle import _utc
+
+    for offset in (0, 2, -5, 14):
+        at = datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone(timedelta(hours=offset)))
+        assert _utc(at) == at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
