@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import connections, core, e2e, report
-from bench.env import BENCH, PEER_PYTHON, RESULTS, Servers, log, machine
+from bench.env import BENCH, PEER_PYTHON, RESULTS, WORK, Servers, log, machine
 
 SECTIONS = ("core", "e2e", "connections", "memory")
 
@@ -116,9 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     result["targets"] = report.targets(result)
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2) + "\n"
-    (RESULTS / "latest.json").write_text(text)
-    (RESULTS / f"{result['mode']}.json").write_text(text)
-    report.write(result, BENCH / "RESULTS.md", RESULTS / "throughput.png")
+    if set(chosen) != set(SECTIONS) or os.environ.get("BENCH_PYSPY"):
+        # A partial or profiled run would replace the published figures with fewer or slower
+        # ones: it is kept aside, and the summary printed.
+        (WORK / "partial.json").write_text(text)
+        log(f"partial or profiled run: figures in {WORK / 'partial.json'}; results/ left as they were")
+    else:
+        (RESULTS / "latest.json").write_text(text)
+        (RESULTS / f"{result['mode']}.json").write_text(text)
+        report.write(result, BENCH / "RESULTS.md", RESULTS / "throughput.png")
     print(report.summary(result))
     return 0
 
