@@ -24,7 +24,7 @@ from controller.sandbox.servers import KubeAPIServer
 
 GROUP_PATH = "/apis/relay.dev/v1alpha1"
 WRITE_VERBS = ("POST", "PATCH", "PUT", "DELETE", "APPLY")
-NOOP = {"target": {"noop": {}}}
+NOOP: dict[str, Any] = {"target": {"noop": {}}}
 
 
 def jobs_path(namespace: str) -> str:

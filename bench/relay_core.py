@@ -30,7 +30,7 @@ from controller.runtime.app import App
 from controller.settings import Settings
 
 SEED_CHUNK = 5000
-NOOP_SPEC = {"target": {"noop": {}}}
+NOOP_SPEC: dict[str, Any] = {"target": {"noop": {}}}
 
 
 class AcceptingCluster:

@@ -6,8 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import kopf
 from pydantic import ValidationError
@@ -15,7 +18,11 @@ from pydantic import ValidationError
 from controller.adapters.kube import Credentials
 from controller.settings import Settings, describe_error
 
+if TYPE_CHECKING:
+    from controller.runtime.app import App
+
 log = logging.getLogger("relayjob")
+KOPF_STOP_SECONDS = 15
 
 
 def _login() -> Credentials:
@@ -42,9 +49,7 @@ async def _run(settings: Settings) -> int:
         log.error("%s", error)
         return 1
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    _on_signals(stop.set)
     health = WatchHealth()
     try:
         runner = await probes.serve(probes.build(app, health.problem), settings.http_port)
@@ -61,8 +66,10 @@ async def _run(settings: Settings) -> int:
             priority=settings.peering_priority,
             peering_name=settings.peering_name,
             stop_flag=stop,
+            ready_flag=(kopf_ready := asyncio.Event()),
         )
     )
+    signals = asyncio.create_task(_take_signals_back(kopf_ready, stop))
     health.task = kopf_task
     try:
         await app.reconciler.rebuild()
@@ -73,28 +80,61 @@ async def _run(settings: Settings) -> int:
     await asyncio.wait(
         [kopf_task, work, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
     )
+    signals.cancel()
+    return await _shut_down(app, work, kopf_task, stop, runner.cleanup)
+
+
+def _on_signals(handler: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handler)
+
+
+async def _take_signals_back(kopf_ready: asyncio.Event, stop: asyncio.Event) -> None:
+    """kopf installs SIGTERM/SIGINT handlers of its own as it starts; on a signal it then waits
+    5 s for our tasks before it cancels them. Ours stop our work first and then kopf, through its
+    stop flag, so that shutdown takes as long as draining the work and not a fixed wait."""
+    await kopf_ready.wait()
+    _on_signals(stop.set)
+
+
+async def _shut_down(
+    app: App,
+    work: asyncio.Task[None],
+    kopf_task: asyncio.Task[None],
+    stop: asyncio.Event,
+    close_probes: Callable[[], Awaitable[None]],
+) -> int:
+    """Stop kopf and our work, close every pool, and say with the exit code whether it was clean."""
     code = 0
     if work.done() and not work.cancelled() and (failure := work.exception()) is not None:
         # Exit non-zero so that the kubelet restarts the pod; going on without a worker would
         # leave jobs leased and unrenewed with nobody to say why.
         log.critical("background work stopped: %r", failure, exc_info=failure)
         code = 1
+    # kopf stops through its stop flag; letting an exception reach asyncio.run instead (which
+    # cancels every task, kopf's helpers included) can leave kopf's scheduler waiting forever.
     stop.set()
     work.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await work
-    # kopf stops through its stop flag. Cancelling it instead (or letting an exception reach
-    # asyncio.run, which cancels every task) can leave its scheduler waiting for its own
-    # cancelled helper tasks forever, and the process would never exit.
-    await asyncio.wait([kopf_task], timeout=10)
+    # kopf waits up to 5 s for every task created after it started (ours too) before it cancels
+    # them: closing ours now is what lets it finish at once.
+    await close_probes()
+    await app.close()
+    await asyncio.wait([kopf_task], timeout=KOPF_STOP_SECONDS)
     if not kopf_task.done():
-        log.error("kopf did not stop within 10s")
-        code = 1
-    elif not kopf_task.cancelled() and (failure := kopf_task.exception()) is not None:
+        log.warning("kopf did not stop within %ds; cancelling it", KOPF_STOP_SECONDS)
+        kopf_task.cancel()
+        await asyncio.wait([kopf_task], timeout=5)
+    if not kopf_task.done():
+        # Returning would hand kopf to asyncio.run, which waits for it without bound.
+        log.error("kopf ignored its cancellation; exiting without it")
+        logging.shutdown()
+        os._exit(code or 1)
+    if not kopf_task.cancelled() and (failure := kopf_task.exception()) is not None:
         log.critical("kopf stopped: %r", failure, exc_info=failure)
         code = 1
-    await runner.cleanup()
-    await app.close()
     return code
 
 
