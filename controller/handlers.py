@@ -59,6 +59,9 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.scanning.disabled = bool(ours.namespaces)
     settings.batching.worker_limit = 1000
     settings.networking.request_timeout = 60
+    # kopf's default (1, 1, 2, 3, ...) left a just-started operator blind for ~7 s while the API
+    # server's watch cache answered 429 "storage is (re)initializing" for a second or two.
+    settings.networking.error_backoffs = (0.2, 0.5, 1, 2, 3, 5, 8, 13, 21)
 
 
 def build_registry(app: App) -> kopf.OperatorRegistry:
