@@ -101,12 +101,12 @@ def _parse_spec(record: asyncpg.Record) -> RelayJobSpec | None:
     return RelayJobSpec.model_validate(record["spec"])
 
 
-def _spec(record: asyncpg.Record, remember: bool = True) -> RelayJobSpec | None:
+def _spec(record: asyncpg.Record) -> RelayJobSpec | None:
     uid = record["uid"]
     spec = _specs.pop(uid, None)
     if spec is None:
         spec = _parse_spec(record)
-        if spec is None or not remember or spec.payload_size() > SPEC_CACHE_MAX_PAYLOAD:
+        if spec is None or spec.payload_size() > SPEC_CACHE_MAX_PAYLOAD:
             return spec
         if len(_specs) >= SPEC_CACHE_SIZE:
             del _specs[next(iter(_specs))]
@@ -117,9 +117,9 @@ def _spec(record: asyncpg.Record, remember: bool = True) -> RelayJobSpec | None:
 _PHASES = {phase.value: phase for phase in Phase}
 
 
-def to_row(record: asyncpg.Record, remember: bool = True) -> JobRow:
-    """A ledger row as the runtime sees it; `remember=False` for bulk reads (reconciliation),
-    so a pass over every active job does not push the hot path's specs out of the cache.
+def to_row(record: asyncpg.Record) -> JobRow:
+    """A ledger row as the runtime sees it. (Reconciliation's pass over every active job reads
+    `Waiting` records instead, so it neither pays for rows nor pushes specs out of the cache.)
 
     Built without validation: the columns' types are the fields' types (the table's constraints
     hold the rest) and the spec was validated on its way in, while validating every row twice
@@ -128,7 +128,7 @@ def to_row(record: asyncpg.Record, remember: bool = True) -> JobRow:
         ref=JobRef.model_construct(uid=record["uid"], namespace=record["namespace"], name=record["name"]),
         seq=record["seq"],
         phase=_PHASES[record["phase"]],
-        spec_or_none=_spec(record, remember),
+        spec_or_none=_spec(record),
         generation=record["generation"],
         nullifier=record["nullifier"],
         attempts=record["attempts"],

@@ -112,11 +112,15 @@ class Worker:
         await asyncio.gather(self._claim_loop(), self._settle_loop(), self._heartbeat())
 
     def _prefetch(self) -> int:
-        """Leases to hold beyond the free slots: the work the running jobs finish in PREFETCH_HORIZON."""
+        """Work to take beyond the free slots: what the running jobs finish in PREFETCH_HORIZON."""
         if self._job_seconds >= PREFETCH_HORIZON:
             return 0
         ahead = int(self.settings.concurrency * PREFETCH_HORIZON / max(self._job_seconds, 1e-4))
         return min(self.settings.claim_batch, ahead)
+
+    def _free(self) -> int:
+        """Attempts that may still be opened: the slots, plus the work taken ahead, minus those open."""
+        return self.settings.concurrency + self._prefetch() - self._opened
 
     def _finished(self, n: int = 1) -> None:
         self._opened -= n
@@ -132,7 +136,7 @@ class Worker:
                 self._settled.clear()
                 await self._settled.wait()
                 continue
-            free = self.settings.concurrency + self._prefetch() - self._opened
+            free = self._free()
             if free <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -154,7 +158,7 @@ class Worker:
             # Slots freed while an earlier batch was being opened get a batch of their own at
             # once: up to OPEN_PIPELINE openings are in flight, so a slot never waits for two.
             await self._openers.acquire()
-            free = self.settings.concurrency + self._prefetch() - self._opened
+            free = self._free()
             take = [self._stock.popleft() for _ in range(min(free, len(self._stock)))]
             if take:
                 self._opened += len(take)
@@ -402,10 +406,7 @@ class Worker:
         stock = list(self._stock)
         self._stock.clear()
         if stock:  # leased ahead, never started: hand them back rather than let the leases run out
-            with contextlib.suppress(*TRANSIENT):
-                async with self._leases:
-                    await self.queue.release(stock)
-                    self._held.difference_update(stock)
+            await self._let_go(stock, self.queue.release)
         running = list(self._running.values())
         if running:
             await asyncio.wait(running, timeout=self.settings.lease_seconds)
