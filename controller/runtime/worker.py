@@ -322,6 +322,7 @@ class Worker:
                 )
             )
         recorded = {r.ref.uid: r for r in await self.ledger.settle(items)}
+        await self._find_own_outcomes(items, recorded)
         finished, retry, dead = [], [], []
         for d in done:
             uid = str(d.row.ref.uid)
@@ -355,6 +356,20 @@ class Worker:
             first_delay=0.1,
             retry_on=TRANSIENT,
         )
+
+    async def _find_own_outcomes(self, items: list[Settle], recorded: dict[UUID, JobRow]) -> None:
+        """Add to `recorded` the outcomes an earlier try of this settle committed: when the
+        connection dies after COMMIT and before the answer, the retry is fenced out by our own
+        outcome, and taking that for a lost race would leave the job leased and its status stale."""
+        missing = [i for i in items if i.uid not in recorded]
+        if not missing:
+            return
+        current = await self.ledger.get_many([i.uid for i in missing])
+        for item in missing:
+            row = current.get(item.uid)
+            ours = (item.run, item.attempt, item.phase)
+            if row is not None and not row.deleted and (row.run, row.attempts, row.phase) == ours:
+                recorded[item.uid] = row
 
     async def _settle_redis(
         self,

@@ -15,6 +15,7 @@ import pytest
 from controller.model.phases import Phase
 from controller.runtime.app import App
 from controller.runtime.retry import until_done
+from controller.settings import Settings
 from tests.integration.conftest import RecordingCluster, eventually, new_ref, running
 
 pytestmark = pytest.mark.integration
@@ -38,6 +39,31 @@ def broken_once(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitabl
     return call
 
 
+def unanswered_once(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """`method`, whose first call takes effect but whose answer is lost with the connection: the
+    COMMIT went through, the reply never arrived."""
+    calls = 0
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        result = await method(*args, **kwargs)
+        if calls == 1:
+            await asyncio.sleep(0.5)  # long enough for the status writer to show what came before
+            raise asyncpg.exceptions.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation"
+            )
+        return result
+
+    return call
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Statuses written at once, so a job's Processing is shown before its outcome is recorded."""
+    return settings.model_copy(update={"status_quiet_seconds": 0.0})
+
+
 async def all_completed(app: App, cluster: RecordingCluster, uids: list[Any]) -> bool:
     # Read past the ledger object: its methods are the ones these tests break.
     rows = {r["uid"]: r["phase"] for r in await app.pool.fetch("SELECT uid, phase FROM jobs")}
@@ -46,16 +72,30 @@ async def all_completed(app: App, cluster: RecordingCluster, uids: list[Any]) ->
     )
 
 
-@pytest.mark.parametrize("method", ["start_attempts", "settle", "get_many", "versions", "waiting"])
-async def test_a_corrupted_pooled_connection_is_waited_out(
-    app: App, cluster: RecordingCluster, method: str
-) -> None:
-    setattr(app.ledger, method, broken_once(getattr(app.ledger, method)))
+async def run_with(app: App, cluster: RecordingCluster, method: str, fault: Callable[..., Any]) -> None:
+    setattr(app.ledger, method, fault(getattr(app.ledger, method)))
     refs = [new_ref(f"job-{i}") for i in range(JOBS)]
     async with running(app) as running_app:
         for ref in refs:
             await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
         await eventually(lambda: all_completed(running_app, cluster, [r.uid for r in refs]))
+
+
+@pytest.mark.parametrize("method", ["start_attempts", "settle", "get_many", "versions", "waiting"])
+async def test_a_corrupted_pooled_connection_is_waited_out(
+    app: App, cluster: RecordingCluster, method: str
+) -> None:
+    await run_with(app, cluster, method, broken_once)
+
+
+@pytest.mark.parametrize("method", ["start_attempts", "settle"])
+async def test_a_commit_whose_answer_was_lost_is_not_lost(
+    app: App, cluster: RecordingCluster, method: str
+) -> None:
+    """Retrying a settle that did commit is fenced out by its own outcome: the worker must see
+    that the ledger holds its outcome, not a lost race, or the job never leaves `leased` and its
+    status never shows Completed (the storm test below found this)."""
+    await run_with(app, cluster, method, unanswered_once)
 
 
 @contextlib.asynccontextmanager
