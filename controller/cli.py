@@ -118,10 +118,7 @@ async def _shut_down(
     work.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await work
-    # kopf waits up to 5 s for every task created after it started (ours too) before it cancels
-    # them: closing ours now is what lets it finish at once.
-    await close_probes()
-    await app.close()
+    # kopf's handlers use the pools until kopf has stopped them, so the pools close after kopf.
     await asyncio.wait([kopf_task], timeout=KOPF_STOP_SECONDS)
     if not kopf_task.done():
         log.warning("kopf did not stop within %ds; cancelling it", KOPF_STOP_SECONDS)
@@ -135,6 +132,8 @@ async def _shut_down(
     if not kopf_task.cancelled() and (failure := kopf_task.exception()) is not None:
         log.critical("kopf stopped: %r", failure, exc_info=failure)
         code = 1
+    await close_probes()
+    await app.close()
     return code
 
 

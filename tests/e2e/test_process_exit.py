@@ -58,10 +58,11 @@ def test_background_failure_ends_the_process_with_a_reason(
 
 
 def test_sigterm_stops_promptly_and_cleanly(operator_env: dict[str, str], tmp_path: Any) -> None:
-    """SIGTERM drains and closes in well under the kubelet's 30 s grace period. kopf, left to
-    handle the signal itself, waited a fixed 5 s for our tasks before cancelling them."""
+    """SIGTERM drains and closes with code 0, well inside the kubelet's 30 s grace period. Usually
+    in 0.2 s; kopf may still wait its fixed 5 s for tasks it counts as its own, so the bound is
+    10 s, which a plain SIGTERM once exceeded in CI (and then exited 1)."""
     op = OperatorProcess(operator_env, tmp_path / "op.log").start()
     began = time.monotonic()
     code = op.stop()
     assert code == 0, op.logs()[-3000:]
-    assert time.monotonic() - began < 3, op.logs()[-3000:]
+    assert time.monotonic() - began < 10, op.logs()[-3000:]
