@@ -8,7 +8,7 @@ partial unique index on held nullifiers decides double-spend races.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -38,6 +38,10 @@ async def connect(dsn: str, min_size: int, max_size: int, timeout: float) -> asy
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        # Plan each batch statement for the batch it is given: a cached generic plan assumes
+        # ten rows per array parameter, and joined batches of hundreds by rescanning one side
+        # per row of the other (a settle of 250 jobs took 70 ms instead of 5).
+        server_settings={"plan_cache_mode": "force_custom_plan"},
         timeout=timeout,
         command_timeout=60,
     )
@@ -114,40 +118,130 @@ def _spec(record: asyncpg.Record) -> RelayJobSpec | None:
     return spec
 
 
-_PHASES = {phase.value: phase for phase in Phase}
+# Every column a JobRow is built from, but the spec: statements whose caller already holds the
+# parsed spec return these, so the spec is neither sent back nor decoded again.
+ROW_COLUMNS = (
+    "uid, namespace, name, seq, phase, generation, nullifier, attempts, retries, max_attempts,"
+    " next_attempt_at, last_error, result, reason, message, redrive_token, created_at, queued_at,"
+    " started_at, finished_at, run, version, deleted_at"
+)
 
 
-def to_row(record: asyncpg.Record) -> JobRow:
-    """A ledger row as the runtime sees it. (Reconciliation's pass over every active job reads
+def to_row(record: asyncpg.Record, spec: RelayJobSpec | None = None) -> JobRow:
+    """A ledger row as the runtime sees it; `spec` is the job's parsed spec when the caller has it
+    (the record then need not carry one). (Reconciliation's pass over every active job reads
     `Waiting` records instead, so it neither pays for rows nor pushes specs out of the cache.)
 
-    Built without validation: the columns' types are the fields' types (the table's constraints
-    hold the rest) and the spec was validated on its way in, while validating every row twice
-    per attempt was the largest single cost of the worker's hot path."""
-    return JobRow.model_construct(
-        ref=JobRef.model_construct(uid=record["uid"], namespace=record["namespace"], name=record["name"]),
-        seq=record["seq"],
-        phase=_PHASES[record["phase"]],
-        spec_or_none=_spec(record),
-        generation=record["generation"],
-        nullifier=record["nullifier"],
-        attempts=record["attempts"],
-        retries=record["retries"],
-        max_attempts=record["max_attempts"],
-        next_attempt_at=record["next_attempt_at"],
-        last_error=record["last_error"],
-        result=record["result"],
-        reason=record["reason"],
-        message=record["message"],
-        redrive_token=record["redrive_token"],
-        created_at=record["created_at"],
-        queued_at=record["queued_at"],
-        started_at=record["started_at"],
-        finished_at=record["finished_at"],
-        run=record["run"],
-        version=record["version"],
-        deleted=record["deleted_at"] is not None,
+    Validated by pydantic's core from a plain dict: with the spec already parsed, that is cheaper
+    than `model_construct`, whose Python loop over the fields was the largest single cost of the
+    worker's hot path."""
+    return JobRow.model_validate(
+        {
+            "ref": {"uid": record["uid"], "namespace": record["namespace"], "name": record["name"]},
+            "seq": record["seq"],
+            "phase": record["phase"],
+            "spec_or_none": spec if spec is not None else _spec(record),
+            "generation": record["generation"],
+            "nullifier": record["nullifier"],
+            "attempts": record["attempts"],
+            "retries": record["retries"],
+            "max_attempts": record["max_attempts"],
+            "next_attempt_at": record["next_attempt_at"],
+            "last_error": record["last_error"],
+            "result": record["result"],
+            "reason": record["reason"],
+            "message": record["message"],
+            "redrive_token": record["redrive_token"],
+            "created_at": record["created_at"],
+            "queued_at": record["queued_at"],
+            "started_at": record["started_at"],
+            "finished_at": record["finished_at"],
+            "run": record["run"],
+            "version": record["version"],
+            "deleted": record["deleted_at"] is not None,
+        }
     )
+
+
+# Open the next attempt of each claimed job (see `Ledger.start_attempts`). One statement, so one
+# round trip and one commit: its sub-statements share the lock taken by `claimed` and see the same
+# snapshot, and they touch disjoint rows. `claimed` finds rows by primary key alone: with the phase
+# test beside it, the planner may walk the partial index of active jobs instead, whose dead entries
+# (one per attempt since the last vacuum) made every batch cost more than the one before.
+START_ATTEMPTS = (
+    "WITH claimed AS ("
+    "   SELECT uid, phase, attempts, max_attempts, run, deleted_at FROM jobs"
+    "   WHERE uid = ANY($1::uuid[]) FOR UPDATE),"
+    " live AS ("
+    "   SELECT * FROM claimed WHERE deleted_at IS NULL AND phase = ANY($2::text[])),"
+    " lost AS ("
+    "   UPDATE attempts a SET outcome = 'lost', reason = 'LeaseExpired',"
+    "   message = 'the worker stopped renewing its lease', finished_at = now()"
+    "   FROM live l WHERE l.phase = 'Processing' AND a.job_uid = l.uid AND a.run = l.run"
+    "   AND a.outcome = 'running'),"
+    " started AS ("
+    "   UPDATE jobs j SET phase = 'Processing', attempts = j.attempts + 1,"
+    "   started_at = now(), next_attempt_at = NULL, reason = 'Started',"
+    "   message = 'attempt ' || (j.attempts + 1) || ' started',"
+    "   version = j.version + 1, updated_at = now()"
+    "   FROM live l WHERE j.uid = l.uid"
+    "   AND NOT (l.phase = 'Processing' AND l.attempts >= l.max_attempts)"
+    "   RETURNING j.*),"
+    " opened AS ("
+    "   INSERT INTO attempts (job_uid, run, attempt, worker)"
+    "   SELECT uid, run, attempts, $3 FROM started),"
+    " exhausted AS ("
+    "   UPDATE jobs j SET phase = 'DeadLettered', reason = 'AttemptsExhausted',"
+    "   message = j.attempts || ' of ' || j.max_attempts || ' attempts used; the last one"
+    " lost its lease (its worker died or froze)',"
+    "   last_error = 'LeaseExpired: the worker running the attempt stopped renewing"
+    " its lease', finished_at = now(), nullifier_state = NULL,"
+    "   version = j.version + 1, updated_at = now()"
+    "   FROM live l WHERE j.uid = l.uid"
+    "   AND l.phase = 'Processing' AND l.attempts >= l.max_attempts"
+    "   RETURNING j.*)"
+    " SELECT true AS opened, * FROM started UNION ALL SELECT false, * FROM exhausted"
+)
+
+# Record a batch of outcomes, fenced by (run, attempt) (see `Ledger.settle`). One statement: the
+# jobs update and the attempts update commit together. Rows are found by primary key alone and
+# fenced afterwards, under their row locks, as in START_ATTEMPTS; `recorded` hands each outcome on
+# to `closed`, so the batch is not joined a second time.
+SETTLE = (
+    "WITH given AS ("
+    "   SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::text[], $5::text[],"
+    "   $6::text[], $7::timestamptz[], $8::text[], $9::text[], $10::text[])"
+    "   AS g(uid, run, attempt, phase, reason, message, next_at, result, error, outcome)),"
+    " held AS ("
+    "   SELECT uid, run, attempts, phase, deleted_at FROM jobs WHERE uid = ANY($1::uuid[])"
+    "   FOR UPDATE),"
+    " u AS ("
+    "   SELECT g.* FROM given g JOIN held h ON h.uid = g.uid AND h.run = g.run"
+    "   AND h.attempts = g.attempt AND h.phase = 'Processing' AND h.deleted_at IS NULL),"
+    " recorded AS ("
+    "   UPDATE jobs j SET phase = u.phase, reason = u.reason, message = u.message,"
+    "   next_attempt_at = u.next_at, result = COALESCE(u.result::jsonb, j.result),"
+    "   last_error = CASE WHEN u.phase = 'Completed' THEN NULL"
+    "     ELSE COALESCE(u.error, j.last_error) END,"
+    "   retries = j.retries + CASE WHEN u.phase = 'Retrying' THEN 1 ELSE 0 END,"
+    "   finished_at = CASE WHEN u.phase IN ('Completed', 'DeadLettered') THEN now() END,"
+    "   nullifier_state = CASE"
+    "     WHEN j.nullifier_state IS NULL THEN NULL"
+    "     WHEN u.phase = 'Completed' THEN 'spent'"
+    "     WHEN u.phase = 'DeadLettered' THEN NULL"
+    "     ELSE j.nullifier_state END,"
+    "   version = j.version + 1, updated_at = now()"
+    "   FROM u WHERE j.uid = u.uid"
+    f"   RETURNING {', '.join('j.' + c.strip() for c in ROW_COLUMNS.split(','))},"
+    "   u.outcome AS a_outcome, u.reason AS a_reason, u.message AS a_message,"
+    "   u.result AS a_result),"
+    " closed AS ("
+    "   UPDATE attempts a SET outcome = r.a_outcome, reason = r.a_reason,"
+    "   message = r.a_message, result = r.a_result::jsonb, finished_at = now()"
+    "   FROM recorded r WHERE a.job_uid = r.uid AND a.run = r.run AND a.attempt = r.attempts"
+    "   AND a.outcome = 'running')"
+    f" SELECT {ROW_COLUMNS} FROM recorded"
+)
 
 
 @dataclass(frozen=True)
@@ -333,52 +427,16 @@ class Ledger:
         is closed as `lost`, and if that was its last attempt the job is dead-lettered instead.
         Ids with no live, active ledger row are stale.
         """
-        # One statement, so one round trip and one commit: its sub-statements share the lock
-        # taken by `live` and see the same snapshot, and they touch disjoint rows.
-        records = await self.pool.fetch(
-            "WITH live AS ("
-            "   SELECT uid, phase, attempts, max_attempts, run FROM jobs"
-            "   WHERE uid = ANY($1::uuid[]) AND deleted_at IS NULL AND phase = ANY($2::text[])"
-            "   FOR UPDATE),"
-            " lost AS ("
-            "   UPDATE attempts a SET outcome = 'lost', reason = 'LeaseExpired',"
-            "   message = 'the worker stopped renewing its lease', finished_at = now()"
-            "   FROM live l WHERE l.phase = 'Processing' AND a.job_uid = l.uid AND a.run = l.run"
-            "   AND a.outcome = 'running'),"
-            " started AS ("
-            "   UPDATE jobs j SET phase = 'Processing', attempts = j.attempts + 1,"
-            "   started_at = now(), next_attempt_at = NULL, reason = 'Started',"
-            "   message = 'attempt ' || (j.attempts + 1) || ' started',"
-            "   version = j.version + 1, updated_at = now()"
-            "   FROM live l WHERE j.uid = l.uid"
-            "   AND NOT (l.phase = 'Processing' AND l.attempts >= l.max_attempts)"
-            "   RETURNING j.*),"
-            " opened AS ("
-            "   INSERT INTO attempts (job_uid, run, attempt, worker)"
-            "   SELECT uid, run, attempts, $3 FROM started),"
-            " exhausted AS ("
-            "   UPDATE jobs j SET phase = 'DeadLettered', reason = 'AttemptsExhausted',"
-            "   message = j.attempts || ' of ' || j.max_attempts || ' attempts used; the last one"
-            " lost its lease (its worker died or froze)',"
-            "   last_error = 'LeaseExpired: the worker running the attempt stopped renewing"
-            " its lease', finished_at = now(), nullifier_state = NULL,"
-            "   version = j.version + 1, updated_at = now()"
-            "   FROM live l WHERE j.uid = l.uid"
-            "   AND l.phase = 'Processing' AND l.attempts >= l.max_attempts"
-            "   RETURNING j.*)"
-            " SELECT true AS opened, * FROM started UNION ALL SELECT false, * FROM exhausted",
-            [UUID(u) for u in uids],
-            list(ACTIVE),
-            self.worker_id,
-        )
+        records = await self.pool.fetch(START_ATTEMPTS, [UUID(u) for u in uids], list(ACTIVE), self.worker_id)
         started = [to_row(r) for r in records if r["opened"]]
         exhausted = [to_row(r) for r in records if not r["opened"]]
         found = {str(r["uid"]) for r in records}
         return StartBatch(started, exhausted, [u for u in uids if u not in found])
 
-    async def settle(self, items: Sequence[Settle]) -> list[JobRow]:
-        """Record outcomes; returns the rows that took effect. A row missing from the answer was
-        fenced out: another worker re-claimed that job, or it was deleted meanwhile."""
+    async def settle(self, items: Sequence[Settle], specs: Mapping[UUID, RelayJobSpec]) -> list[JobRow]:
+        """Record outcomes; returns the rows that took effect, with the specs the caller gave (a
+        spec never changes, so it is not read back). A row missing from the answer was fenced
+        out: another worker re-claimed that job, or it was deleted meanwhile."""
         if not items:
             return []
         cols = (
@@ -393,37 +451,8 @@ class Ledger:
             [i.error for i in items],
             [i.outcome for i in items],
         )
-        # One statement: the fenced jobs update and the attempts update commit together.
-        records = await self.pool.fetch(
-            "WITH u AS ("
-            "   SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::text[], $5::text[],"
-            "   $6::text[], $7::timestamptz[], $8::text[], $9::text[], $10::text[])"
-            "   AS u(uid, run, attempt, phase, reason, message, next_at, result, error, outcome)),"
-            " recorded AS ("
-            "   UPDATE jobs j SET phase = u.phase, reason = u.reason, message = u.message,"
-            "   next_attempt_at = u.next_at, result = COALESCE(u.result::jsonb, j.result),"
-            "   last_error = CASE WHEN u.phase = 'Completed' THEN NULL"
-            "     ELSE COALESCE(u.error, j.last_error) END,"
-            "   retries = j.retries + CASE WHEN u.phase = 'Retrying' THEN 1 ELSE 0 END,"
-            "   finished_at = CASE WHEN u.phase IN ('Completed', 'DeadLettered') THEN now() END,"
-            "   nullifier_state = CASE"
-            "     WHEN j.nullifier_state IS NULL THEN NULL"
-            "     WHEN u.phase = 'Completed' THEN 'spent'"
-            "     WHEN u.phase = 'DeadLettered' THEN NULL"
-            "     ELSE j.nullifier_state END,"
-            "   version = j.version + 1, updated_at = now()"
-            "   FROM u WHERE j.uid = u.uid AND j.run = u.run AND j.attempts = u.attempt"
-            "   AND j.phase = 'Processing' AND j.deleted_at IS NULL"
-            "   RETURNING j.*),"
-            " closed AS ("
-            "   UPDATE attempts a SET outcome = u.outcome, reason = u.reason, message = u.message,"
-            "   result = u.result::jsonb, finished_at = now()"
-            "   FROM u WHERE a.job_uid = u.uid AND a.run = u.run AND a.attempt = u.attempt"
-            "   AND a.outcome = 'running')"
-            " SELECT * FROM recorded",
-            *cols,
-        )
-        return [to_row(r) for r in records]
+        records = await self.pool.fetch(SETTLE, *cols)
+        return [to_row(r, specs[r["uid"]]) for r in records]
 
     async def redrive(self, uid: UUID, token: str) -> JobRow | None:
         """Re-queue a dead-lettered job with its attempts reset; earlier attempts stay recorded

@@ -321,7 +321,8 @@ class Worker:
                     error=decision.error,
                 )
             )
-        recorded = {r.ref.uid: r for r in await self.ledger.settle(items)}
+        specs = {d.row.ref.uid: d.row.spec for d in done}
+        recorded = {r.ref.uid: r for r in await self.ledger.settle(items, specs)}
         await self._find_own_outcomes(items, recorded)
         finished, retry, dead = [], [], []
         for d in done:

@@ -47,7 +47,8 @@ async def test_late_stale_patch_from_another_replica_is_repaired(app: App, clust
                 message="ok",
                 outcome="succeeded",
             )
-        ]
+        ],
+        {ref.uid: row.spec},
     )
     await app.status.flush([ref.uid])  # replica A writes Completed first...
     assert cluster.status[ref.uid]["phase"] == "Completed"
