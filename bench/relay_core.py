@@ -27,6 +27,7 @@ from controller.adapters.queue import Placement
 from controller.core.scoring import ready_score
 from controller.model.jobs import JobRef
 from controller.runtime.app import App
+from controller.runtime.heap import keep_startup_objects
 from controller.settings import Settings
 
 SEED_CHUNK = 5000
@@ -102,6 +103,7 @@ async def main(redis_url: str, database_url: str, jobs: int, concurrency: int, p
         await seed(app, cluster, jobs)
         depth = await app.queue.depth()
         assert depth.ready == jobs, depth
+        keep_startup_objects()  # as `relayjob-operator run` does before it starts the loops
         began = time.perf_counter()
         task = asyncio.create_task(app.run())
         while completed(app) < jobs:

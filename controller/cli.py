@@ -37,6 +37,7 @@ async def _run(settings: Settings) -> int:
     from controller.handlers import WatchHealth, build_registry
     from controller.runtime import probes
     from controller.runtime.app import App, StartupError
+    from controller.runtime.heap import keep_startup_objects
 
     try:
         _login()
@@ -75,6 +76,7 @@ async def _run(settings: Settings) -> int:
         await app.reconciler.rebuild()
     except Exception as error:  # the periodic pass retries; start-up must not die of it
         log.warning("initial reconciliation failed; will retry: %s", error)
+    keep_startup_objects()
     work = asyncio.create_task(app.run())
     log.info("operator started", extra={"identity": app.identity, "concurrency": settings.concurrency})
     await asyncio.wait(
