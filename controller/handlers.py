@@ -57,7 +57,12 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     # Watching listed namespaces needs no cluster-wide discovery; without this kopf lists
     # Namespaces and CRDs cluster-wide, which a namespaced RBAC refuses, and retries for a minute.
     settings.scanning.disabled = bool(ours.namespaces)
-    settings.batching.worker_limit = 1000
+    # kopf keeps one worker per object, alive until no event has come for `idle_timeout`. With
+    # the default 5 s, a burst of new RelayJobs filled all 1000 workers in about 3 s, and
+    # admission stopped until the first ones went idle. Our handler's work for an object is
+    # done in one event, and the next (our own status patch) needs no long-lived worker.
+    settings.queueing.worker_limit = 1000
+    settings.queueing.idle_timeout = 0.5
     settings.networking.request_timeout = 60
     # kopf's default (1, 1, 2, 3, ...) left a just-started operator blind for ~7 s while the API
     # server's watch cache answered 429 "storage is (re)initializing" for a second or two.
