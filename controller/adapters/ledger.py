@@ -120,11 +120,12 @@ def _spec(record: asyncpg.Record) -> RelayJobSpec | None:
 
 # Every column a JobRow is built from, but the spec: statements whose caller already holds the
 # parsed spec return these, so the spec is neither sent back nor decoded again.
-ROW_COLUMNS = (
-    "uid, namespace, name, seq, phase, generation, nullifier, attempts, retries, max_attempts,"
-    " next_attempt_at, last_error, result, reason, message, redrive_token, created_at, queued_at,"
-    " started_at, finished_at, run, version, deleted_at"
-)
+_ROW_COLUMNS = (
+    "uid", "namespace", "name", "seq", "phase", "generation", "nullifier", "attempts", "retries",
+    "max_attempts", "next_attempt_at", "last_error", "result", "reason", "message",
+    "redrive_token", "created_at", "queued_at", "started_at", "finished_at", "run", "version",
+    "deleted_at",
+)  # fmt: skip
 
 
 def to_row(record: asyncpg.Record, spec: RelayJobSpec | None = None) -> JobRow:
@@ -232,7 +233,7 @@ SETTLE = (
     "     ELSE j.nullifier_state END,"
     "   version = j.version + 1, updated_at = now()"
     "   FROM u WHERE j.uid = u.uid"
-    f"   RETURNING {', '.join('j.' + c.strip() for c in ROW_COLUMNS.split(','))},"
+    f"   RETURNING {', '.join(f'j.{c}' for c in _ROW_COLUMNS)},"
     "   u.outcome AS a_outcome, u.reason AS a_reason, u.message AS a_message,"
     "   u.result AS a_result),"
     " closed AS ("
@@ -240,7 +241,7 @@ SETTLE = (
     "   message = r.a_message, result = r.a_result::jsonb, finished_at = now()"
     "   FROM recorded r WHERE a.job_uid = r.uid AND a.run = r.run AND a.attempt = r.attempts"
     "   AND a.outcome = 'running')"
-    f" SELECT {ROW_COLUMNS} FROM recorded"
+    f" SELECT {', '.join(_ROW_COLUMNS)} FROM recorded"
 )
 
 
