@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run, under 5 minutes")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
-    parser.add_argument("--rounds", type=int, default=0, help="core-queue runs per system (best kept)")
+    parser.add_argument("--rounds", type=int, default=0, help="core and e2e runs per system (best kept)")
     parser.add_argument("--keep-servers", action="store_true", help="leave the bench's servers running")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             result["core"] = core.run(servers, scale.core_jobs, scale.concurrencies, rounds)
         if "e2e" in chosen:
             log(f"end to end: {scale.e2e_jobs} RelayJobs through the API server")
-            result["e2e"] = e2e.run_e2e(servers, scale.e2e_jobs, scale.raw_patches)
+            result["e2e"] = e2e.run_e2e(servers, scale.e2e_jobs, scale.raw_patches, rounds)
         if "connections" in chosen:
             log(f"connections: {scale.conn_ops} ops at concurrency {scale.conn_concurrency}")
             from controller.settings import Settings

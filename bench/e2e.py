@@ -13,14 +13,16 @@ memory: RSS of an operator process idle, then with 1,000 and 10,000 RelayJobs cr
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from typing import Any
 
 import psutil
 
-from bench.env import WORK, Servers, log
+from bench.env import PYTHON, ROOT, WORK, Servers, log
 from bench.kube import Api, Operator, bounded, delta, raw_status_patch_rate, write_counts
+from controller.sandbox.servers import KubeAPIServer
 
 CREATE_CONCURRENCY = 64
 
@@ -42,7 +44,8 @@ def _operator(servers: Servers, tag: str) -> tuple[Operator, str]:
 
 
 class Tracker:
-    """Create times sent by the bench and `Completed` times seen on the watch, by name."""
+    """Create times sent by the bench, and `Completed` times from a watch in a process of its own
+    (`bench.tracker`), by name, both as wall-clock time."""
 
     def __init__(self) -> None:
         self.created: dict[str, float] = {}
@@ -50,14 +53,23 @@ class Tracker:
         self.all_done = asyncio.Event()
         self.expected = 0
 
-    async def follow(self, api: Api, namespace: str, version: str) -> None:
-        async for event in api.watch(namespace, version):
-            obj = event["object"]
-            name = obj["metadata"]["name"]
-            if (obj.get("status") or {}).get("phase") == "Completed" and name not in self.completed:
-                self.completed[name] = time.perf_counter()
+    async def follow(self, server: KubeAPIServer, namespace: str, version: str) -> None:
+        pki = server.pki
+        argv = [server.url, pki.ca_cert, pki.admin_cert, pki.admin_key, namespace, version]
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "bench.tracker", *map(str, argv), stdout=asyncio.subprocess.PIPE, cwd=ROOT
+        )
+        assert proc.stdout is not None
+        try:
+            async for line in proc.stdout:
+                seen = json.loads(line)
+                self.completed[seen["name"]] = float(seen["at"])
                 if len(self.completed) >= self.expected:
                     self.all_done.set()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
 
 async def _create_and_wait(
@@ -67,12 +79,12 @@ async def _create_and_wait(
     tracker.all_done.clear()
 
     async def create(name: str) -> None:
-        tracker.created[name] = time.perf_counter()
+        tracker.created[name] = time.time()
         await api.create_job(namespace, name)
 
-    began = time.perf_counter()
+    began = time.time()
     await bounded(CREATE_CONCURRENCY, (create(n) for n in names))
-    log(f"  {len(names)} RelayJobs created in {time.perf_counter() - began:.1f}s")
+    log(f"  {len(names)} RelayJobs created in {time.time() - began:.1f}s")
     async with asyncio.timeout(timeout):
         await tracker.all_done.wait()
     return began
@@ -97,7 +109,7 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
         await api.create_namespace(namespace)
         operator.start()
         version = await api.list_version(namespace)
-        watcher = asyncio.create_task(tracker.follow(api, namespace, version))
+        watcher = asyncio.create_task(tracker.follow(server, namespace, version))
         # One job through first: the clock measures an operator that is running, not kopf's first
         # list of a resource whose watch cache is still initialising on a just-started API server.
         await _create_and_wait(api, namespace, ["warm-up"], tracker, timeout=120)
@@ -142,8 +154,22 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
     }
 
 
-def run_e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
-    return asyncio.run(_e2e(servers, jobs, raw_patches))
+def run_e2e(servers: Servers, jobs: int, raw_patches: int, rounds: int) -> dict[str, Any]:
+    """`rounds` runs, each in a namespace and with an operator of its own. As in the core section,
+    the run least disturbed by the machine's neighbours (the highest jobs/s) is reported; every
+    run's headline figures are kept under `runs`, so the spread shows."""
+    runs = []
+    for round_no in range(rounds):
+        figures = asyncio.run(_e2e(servers, jobs, raw_patches))
+        log(
+            f"e2e round {round_no + 1}/{rounds}: {figures['jobs_per_s']} jobs/s,"
+            f" p50 {figures['p50_s']}s, p99 {figures['p99_s']}s"
+        )
+        runs.append(figures)
+    best = dict(max(runs, key=lambda r: float(r["jobs_per_s"])))
+    keys = ("jobs_per_s", "p50_s", "p99_s", "fraction_of_limit", "raw_status_patches_per_s")
+    best["runs"] = [{k: r[k] for k in keys} for r in runs]
+    return best
 
 
 def _rss_mib(pid: int) -> float:
@@ -164,7 +190,7 @@ async def _memory(servers: Servers, steps: tuple[int, ...]) -> dict[str, Any]:
         out["idle_mib"] = round(_rss_mib(operator.pid), 1)
         log(f"memory: idle {out['idle_mib']} MiB")
         version = await api.list_version(namespace)
-        watcher = asyncio.create_task(tracker.follow(api, namespace, version))
+        watcher = asyncio.create_task(tracker.follow(server, namespace, version))
         have = 0
         for step in steps:
             names = [f"mem-{i:05d}" for i in range(have, step)]

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.env import PYTHON
+from bench.env import PYTHON, log
 from controller.sandbox.operator_process import OperatorProcess
 from controller.sandbox.servers import KubeAPIServer
 
@@ -75,7 +75,12 @@ class Api:
         return str(page["metadata"]["resourceVersion"])
 
     async def watch(self, namespace: str, resource_version: str) -> AsyncIterator[dict[str, Any]]:
-        """Watch events, resumed from the last version seen when the server closes the stream."""
+        """Watch events, resumed from the last version seen when the server closes the stream.
+
+        A refused watch is retried after a pause (a just-installed CRD's watch cache answers 429
+        for a while; retrying at once spun this loop thousands of times). When the server no
+        longer has our version (410), the current list is yielded as MODIFIED events, so a
+        transition in the gap is seen late rather than never."""
         version = resource_version
         while True:
             params = {
@@ -84,17 +89,35 @@ class Api:
                 "allowWatchBookmarks": "true",
                 "timeoutSeconds": "600",
             }
+            gone = False
             async with self.session.get(
                 jobs_path(namespace), params=params, timeout=aiohttp.ClientTimeout(total=None)
             ) as response:
+                if response.status != 200:
+                    log(f"  bench watch refused ({response.status}); retrying in 0.5s")
+                    await asyncio.sleep(0.5)
+                    continue
                 async for line in response.content:
                     if not line.strip():
                         continue
                     event = json.loads(line)
                     obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        gone = True
+                        break
                     version = obj.get("metadata", {}).get("resourceVersion", version)
                     if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
                         yield event
+            if gone:
+                log("  bench watch expired (410); resuming from a fresh list")
+                page = await self.request("GET", jobs_path(namespace))
+                for item in page["items"]:
+                    yield {"type": "MODIFIED", "object": item}
+                version = str(page["metadata"]["resourceVersion"])
+            else:
+                # The API server ends a watch that falls behind ("unresponsive"); the bench says
+                # so, since a late watch would make every Completed after it look late.
+                log(f"  bench watch ended by the server; resuming from {version}")
 
 
 async def bounded(limit: int, work: Iterable[Any]) -> list[Any]:
