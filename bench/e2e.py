@@ -121,6 +121,7 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
         await asyncio.sleep(3.0)  # trailing writes (late Events, status re-checks) count too
         after = write_counts(server)
         watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)  # the tracker process is reaped
         metrics = operator.metric_values()
     finally:
         operator.stop()
@@ -155,9 +156,11 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
 
 
 def run_e2e(servers: Servers, jobs: int, raw_patches: int, rounds: int) -> dict[str, Any]:
-    """`rounds` runs, each in a namespace and with an operator of its own. As in the core section,
-    the run least disturbed by the machine's neighbours (the highest jobs/s) is reported; every
-    run's headline figures are kept under `runs`, so the spread shows."""
+    """`rounds` runs, each in a namespace and with an operator of its own, each measuring the raw
+    status-patch limit just before it. As in the core section, the run least disturbed by the
+    machine's neighbours is reported: here the one closest to the limit measured beside it (the
+    limit itself moved between 198/s and 319/s from one round to the next). Every run's headline
+    figures are kept under `runs`, so the spread shows."""
     runs = []
     for round_no in range(rounds):
         figures = asyncio.run(_e2e(servers, jobs, raw_patches))
@@ -166,7 +169,7 @@ def run_e2e(servers: Servers, jobs: int, raw_patches: int, rounds: int) -> dict[
             f" p50 {figures['p50_s']}s, p99 {figures['p99_s']}s"
         )
         runs.append(figures)
-    best = dict(max(runs, key=lambda r: float(r["jobs_per_s"])))
+    best = dict(max(runs, key=lambda r: float(r["fraction_of_limit"])))
     keys = ("jobs_per_s", "p50_s", "p99_s", "fraction_of_limit", "raw_status_patches_per_s")
     best["runs"] = [{k: r[k] for k in keys} for r in runs]
     return best
@@ -209,6 +212,7 @@ async def _memory(servers: Servers, steps: tuple[int, ...]) -> dict[str, Any]:
             out[f"rj_{step}_mib"] = round(_rss_mib(operator.pid), 1)
             log(f"memory: {step} RelayJobs {out[f'rj_{step}_mib']} MiB")
         watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)  # the tracker process is reaped
     finally:
         operator.stop()
         await api.close()

@@ -19,7 +19,9 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from controller.model.jobs import JobRef
+from controller.adapters.ledger import Settle
+from controller.model.jobs import JobRef, JobRow
+from controller.model.phases import Phase
 from controller.runtime.app import App
 from controller.settings import Settings
 
@@ -163,3 +165,16 @@ async def eventually(
 
 def new_ref(name: str = "job", namespace: str = "default") -> JobRef:
     return JobRef(uid=uuid.uuid4(), namespace=namespace, name=name)
+
+
+def succeeded(row: JobRow) -> Settle:
+    """The outcome a worker records when the attempt `row` opened succeeded."""
+    return Settle(
+        uid=row.ref.uid,
+        run=row.run,
+        attempt=row.attempts,
+        phase=Phase.COMPLETED,
+        reason="Succeeded",
+        message="ok",
+        outcome="succeeded",
+    )

@@ -13,7 +13,7 @@ from controller.adapters import ledger as ledger_mod
 from controller.adapters.ledger import Ledger, Settle
 from controller.model.phases import Phase, Reason
 from controller.model.spec import RelayJobSpec
-from tests.integration.conftest import new_ref
+from tests.integration.conftest import new_ref, succeeded
 
 pytestmark = pytest.mark.integration
 
@@ -253,16 +253,4 @@ async def test_batch_statements_stay_linear_in_the_batch(pool: asyncpg.Pool) -> 
     )
     for plan in await _plans_as_run(pool, ledger_mod.SETTLE, settle_args, 8):
         assert _rows_handled(plan["Plan"]) < 30 * n
-    outcomes = [
-        Settle(
-            uid=r.ref.uid,
-            run=r.run,
-            attempt=r.attempts,
-            phase=Phase.COMPLETED,
-            reason="Succeeded",
-            message="ok",
-            outcome="succeeded",
-        )
-        for r in started
-    ]
-    assert len(await ledger.settle(outcomes, {u: spec for u in uids})) == n
+    assert len(await ledger.settle([succeeded(r) for r in started], {u: spec for u in uids})) == n

@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 
-from controller.adapters.ledger import Settle
 from controller.model.jobs import JobRef
 from controller.model.phases import Phase
 from controller.runtime.app import App
 from controller.runtime.status import StatusWriter
-from tests.integration.conftest import RecordingCluster, new_ref
+from tests.integration.conftest import RecordingCluster, new_ref, succeeded
 
 pytestmark = pytest.mark.integration
 
@@ -36,20 +35,7 @@ async def test_late_stale_patch_from_another_replica_is_repaired(app: App, clust
     stale = asyncio.create_task(replica_b.flush([ref.uid]))  # reads Queued now, patches it late
     await asyncio.sleep(0.1)
     (row,) = (await app.ledger.start_attempts([str(ref.uid)])).started
-    await app.ledger.settle(
-        [
-            Settle(
-                uid=ref.uid,
-                run=row.run,
-                attempt=row.attempts,
-                phase=Phase.COMPLETED,
-                reason="Succeeded",
-                message="ok",
-                outcome="succeeded",
-            )
-        ],
-        {ref.uid: row.spec},
-    )
+    await app.ledger.settle([succeeded(row)], {ref.uid: row.spec})
     await app.status.flush([ref.uid])  # replica A writes Completed first...
     assert cluster.status[ref.uid]["phase"] == "Completed"
     await stale  # ...then B's Queued lands on top of it
