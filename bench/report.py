@@ -91,6 +91,14 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
             f" excluded): {writes}.",
             "",
         ]
+        rounds = e2e.get("runs", [])
+        if len(rounds) > 1:
+            shown = "; ".join(
+                f"{r['jobs_per_s']:,.0f} jobs/s, p50 {r['p50_s']:.2f} s, p99 {r['p99_s']:.2f} s,"
+                f" {r['fraction_of_limit']:.0%} of a {r['raw_status_patches_per_s']:,.0f}/s limit"
+                for r in rounds
+            )
+            lines += [f"Every round (the one above is closest to its limit): {shown}.", ""]
     conn = result.get("connections")
     if conn:
         lines += [
