@@ -278,7 +278,10 @@ async def test_ttl_deletes_finished_job(app: App, cluster: RecordingCluster) -> 
         assert ref.uid in cluster.jobs
 
         async def gone() -> bool:
-            return ref.uid not in cluster.jobs
+            # The RelayJob is deleted first and the ledger row marked after it: the test used
+            # to stop the operator between the two, and then found the row unmarked.
+            row = await app.ledger.get(ref.uid)
+            return ref.uid not in cluster.jobs and row is not None and row.deleted
 
         await eventually(gone, timeout=5)
     row = await app.ledger.get(ref.uid)
