@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,9 +32,17 @@ def jobs_path(namespace: str) -> str:
     return f"{GROUP_PATH}/namespaces/{namespace}/relayjobs"
 
 
+class Endpoint(Protocol):
+    """What a client needs of an API server: where it is, and a TLS context with credentials."""
+
+    @property
+    def url(self) -> str: ...
+
+    def ssl_context(self) -> ssl.SSLContext: ...
+
+
 class Api:
-    def __init__(self, server: KubeAPIServer, connections: int = 64) -> None:
-        self.server = server
+    def __init__(self, server: Endpoint, connections: int = 64) -> None:
         self.session = aiohttp.ClientSession(
             base_url=server.url,
             connector=aiohttp.TCPConnector(ssl=server.ssl_context(), limit=connections),

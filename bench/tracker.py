@@ -19,8 +19,8 @@ import time
 from bench.kube import Api
 
 
-class Endpoint:
-    """An API server as `bench.kube.Api` uses one: its URL and a client TLS context."""
+class Credentials:
+    """The sandbox API server as `bench.kube.Api` needs it, from its URL and certificate files."""
 
     def __init__(self, url: str, ca: str, cert: str, key: str) -> None:
         self.url = url
@@ -32,7 +32,7 @@ class Endpoint:
 
 
 async def main(url: str, ca: str, cert: str, key: str, namespace: str, version: str) -> None:
-    api = Api(Endpoint(url, ca, cert, key), connections=2)  # type: ignore[arg-type]
+    api = Api(Credentials(url, ca, cert, key), connections=2)
     seen: set[str] = set()
     try:
         async for event in api.watch(namespace, version):
