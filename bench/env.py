@@ -65,20 +65,27 @@ class Servers:
     postgres: DurablePostgres = field(init=False)
 
     def up(self) -> None:
+        """Start every server on empty stores. Data kept from earlier runs skews the figures: with
+        the RelayJobs of past runs left in etcd (1.4 GB after a few dozen), the API server spent
+        the first minute of each e2e round re-listing them at 1.5 cores, refusing watches meanwhile,
+        and then served the burst from a heap many times the size this run needs."""
         components = ("etcd", "kube-apiserver", "redis") if self.kube else ("redis",)
         self.sandbox = Sandbox(WORK / "sandbox", components=components, helm=False, log=log)
+        self.sandbox.down(purge=True)  # servers left over by an interrupted run go with their data
         self.sandbox.up()
         pg_dir = WORK / "ledger"
         pg_dir.mkdir(parents=True, exist_ok=True)
         self.postgres = DurablePostgres(pg_dir, find_postgres_bindir())
-        self.postgres.stop()  # a server left over by an interrupted run
+        self.postgres.stop()
+        self.postgres.remove_data()
         self.postgres.launch()
         self.postgres.wait_ready()
         log(f"ledger PostgreSQL (durable) at {self.postgres.dsn}")
 
     def down(self) -> None:
         self.postgres.stop()
-        self.sandbox.down()
+        self.postgres.remove_data()
+        self.sandbox.down(purge=True)
 
     @property
     def redis_url(self) -> str:
