@@ -518,6 +518,31 @@ class Ledger:
             )
         return to_row(record) if record else None
 
+    async def statuses_written(self, written: Mapping[UUID, int]) -> dict[UUID, int]:
+        """Record the versions just patched onto RelayJobs, and return each job's current version.
+
+        The newest recorded version wins: replicas race, and one whose older document lands last
+        sees the newer version in the answer and writes again (see `StatusWriter.flush`)."""
+        records = await self.pool.fetch(
+            "WITH w AS (SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS w(uid, version)),"
+            " recorded AS (UPDATE jobs j SET status_version = w.version FROM w"
+            "   WHERE j.uid = w.uid AND j.status_version < w.version)"
+            " SELECT j.uid, j.version FROM jobs j JOIN w ON j.uid = w.uid",
+            list(written),
+            list(written.values()),
+        )
+        return {r["uid"]: r["version"] for r in records}
+
+    async def statuses_behind(self, older_than: float) -> list[UUID]:
+        """Live jobs whose last transition, at least `older_than` seconds ago, never reached their
+        RelayJob: the replica that recorded it stopped before its status patch."""
+        records = await self.pool.fetch(
+            "SELECT uid FROM jobs WHERE deleted_at IS NULL AND status_version < version"
+            " AND updated_at < now() - make_interval(secs => $1)",
+            older_than,
+        )
+        return [r["uid"] for r in records]
+
     async def versions(self, uids: Iterable[UUID]) -> dict[UUID, int]:
         """The current version of each job: enough to tell whether a row read earlier is stale."""
         records = await self.pool.fetch(

@@ -47,6 +47,11 @@ class Metrics:
         self.status_writes = Counter(
             "relayjob_status_writes_total", "Status patches sent to the API server.", registry=r
         )
+        self.status_repairs = Counter(
+            "relayjob_status_repairs_total",
+            "RelayJob statuses found behind the ledger by reconciliation and written again.",
+            registry=r,
+        )
         self.events = Counter("relayjob_events_total", "Events posted.", ["reason"], registry=r)
         self.events_dropped = Counter(
             "relayjob_events_dropped_total",

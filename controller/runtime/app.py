@@ -184,6 +184,7 @@ class App:
             queue,
             kube,
             metrics,
+            status,
             settings.namespaces,
             settings.lease_seconds,
             settings.reconcile_interval_seconds,

@@ -5,6 +5,8 @@
   cancelled. Runs at start-up and every reconcile interval.
 - `reap`: expired leases return to the ready set (a worker died or froze).
 - `expire`: finished RelayJobs past `ttlSecondsAfterFinished` are deleted; the ledger keeps them.
+- `repair_statuses`: jobs whose last transition never reached their RelayJob (the replica that
+  recorded it stopped before patching) are handed to this process's status writer.
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ from controller.model.phases import Phase
 from controller.runtime.admission import placement_for
 from controller.runtime.logs import job_fields
 from controller.runtime.retry import TRANSIENT
+from controller.runtime.status import StatusWriter
 
 log = logging.getLogger("relayjob.reconciler")
 ADMISSION_GRACE_SECONDS = 2.0
+# A status write is normally under way for this long after a transition, by the replica that
+# recorded it; only older ones are repaired, so a live replica's pending write is not doubled.
+STATUS_REPAIR_GRACE_SECONDS = 10.0
 
 
 class Reconciler:
@@ -35,6 +41,7 @@ class Reconciler:
         queue: Queue,
         kube: ClusterApi,
         metrics: Metrics,
+        status: StatusWriter,
         namespaces: Sequence[str],
         lease_seconds: float,
         interval: float,
@@ -44,6 +51,7 @@ class Reconciler:
         self.queue = queue
         self.kube = kube
         self.metrics = metrics
+        self.status = status
         self.namespaces = list(namespaces)
         self.lease_seconds = lease_seconds
         self.interval = interval
@@ -99,6 +107,14 @@ class Reconciler:
             await self.forget(row.ref.uid)
         return deleted
 
+    async def repair_statuses(self) -> int:
+        behind = await self.ledger.statuses_behind(STATUS_REPAIR_GRACE_SECONDS)
+        if behind:
+            log.warning("%d RelayJob statuses behind the ledger; writing them", len(behind))
+            self.metrics.status_repairs.inc(len(behind))
+            self.status.mark(behind)
+        return len(behind)
+
     async def gauges(self) -> None:
         depth = await self.queue.depth()
         for name in ("ready", "delayed", "leased", "dead"):
@@ -109,6 +125,7 @@ class Reconciler:
             self._every("rebuild", self.interval, self.rebuild),
             self._every("reap", max(0.5, self.lease_seconds / 3), self.reap),
             self._every("ttl", 1.0, self.expire),
+            self._every("statuses", self.interval, self.repair_statuses),
             self._every("gauges", 2.0, self.gauges),
         )
 

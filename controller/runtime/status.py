@@ -139,10 +139,12 @@ class StatusWriter:
         # Another replica may have recorded a newer transition and written its status between our
         # read and our patch, so our older document could now be the one the API server holds.
         # Whoever patched last re-reads: if the ledger moved on, it writes again. The ledger is
-        # linearisable, so this always ends with the newest status in place.
+        # linearisable, so this ends with the newest status in place, unless the replica that
+        # recorded the newest transition stopped before its own patch: the version recorded here
+        # then stays behind, and reconciliation writes that job (`Reconciler.repair_statuses`).
         written = [r for r, ok in zip(todo, results, strict=True) if ok is True]
         if written:
-            latest = await self._ledger.versions([r.ref.uid for r in written])
+            latest = await self._ledger.statuses_written({r.ref.uid: r.version for r in written})
             self.mark(r.ref.uid for r in written if latest.get(r.ref.uid, r.version) != r.version)
 
     async def _write(self, row: JobRow, now: datetime) -> bool:
