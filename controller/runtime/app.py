@@ -36,6 +36,7 @@ class StartupError(Exception):
 
 
 T = TypeVar("T")
+KUBE_SPARE_CONNECTIONS = 16
 # Worth waiting for: the server is not (yet) there. Everything else is a misconfiguration.
 _WAIT_FOR = (
     OSError,
@@ -151,7 +152,13 @@ class App:
         """`login` reads the process's Kubernetes credentials; it is called again after a 401."""
         identity = f"{socket.gethostname()}-{os.getpid()}"
         kube = KubeClient(
-            login(), "relayjob-operator", identity, settings.secret_cache_seconds, refresh=login
+            login(),
+            "relayjob-operator",
+            identity,
+            settings.secret_cache_seconds,
+            # Status patches may all be in flight while Events, Secret reads and deletes go on.
+            max_connections=settings.status_concurrency + KUBE_SPARE_CONNECTIONS,
+            refresh=login,
         )
         return await cls.assemble(settings, kube, identity)
 

@@ -11,7 +11,6 @@ meanwhile shows `Completed` with no `Queued` or `Processing` in between.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -28,7 +27,7 @@ from controller.runtime.logs import job_fields
 from controller.runtime.retry import TRANSIENT
 
 log = logging.getLogger("relayjob.status")
-FLUSH_BATCH = 500
+PIPELINE = 3  # batches in flight at once: one reading the ledger while others wait on patches
 
 
 def _about_to_change(row: JobRow) -> bool:
@@ -54,6 +53,10 @@ class StatusWriter:
         self._flush_seconds = flush_seconds
         self._quiet_seconds = quiet_seconds
         self._limit = asyncio.Semaphore(concurrency)
+        self._batch_size = concurrency
+        self._in_flight: set[UUID] = set()  # jobs of batches being written
+        self._backoff = 0.5
+        self._resume_at = 0.0  # after a failed flush, no batch starts before this (monotonic)
         self._dirty: dict[UUID, float] = {}  # uid -> when (monotonic) its write is due
         self._rows: dict[UUID, JobRow] = {}  # the newest row the ledger handed us, when we have it
         self._wake = asyncio.Event()
@@ -92,34 +95,67 @@ class StatusWriter:
         await self._idle.wait()
 
     async def run(self) -> None:
-        backoff = 0.5
+        """Write dirty jobs in batches of at most `concurrency`, with up to `PIPELINE` batches in
+        flight: a job that changes while a batch is out waits for the next free batch, not for the
+        slowest patch of the batch before it. A job is in one batch at a time, so two of its
+        documents never race each other to the API server."""
+        flushing: set[asyncio.Task[None]] = set()
         while True:
-            await self._wake.wait()
-            await asyncio.sleep(self._flush_seconds)
-            self._wake.clear()
+            for task in [t for t in flushing if t.done()]:
+                flushing.discard(task)
+                task.result()  # an error the flush could not turn into a retry ends the loop
             now = time.monotonic()
-            batch = [uid for uid, at in self._dirty.items() if at <= now][:FLUSH_BATCH]
-            for uid in batch:
-                del self._dirty[uid]
-            if batch:
-                try:
-                    await self.flush(batch)
-                    backoff = 0.5
-                except TRANSIENT as error:
-                    # The API server or Postgres is away: keep the jobs dirty and try again later.
-                    log.warning("status flush failed, retrying in %.1fs: %s", backoff, error)
-                    self._metrics.errors.labels("status").inc()
-                    self.mark(batch)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 30)
-            if not self._dirty:
+            if len(flushing) < PIPELINE and now >= self._resume_at:
+                batch = self._take_due(now)
+                if batch:
+                    flushing.add(asyncio.create_task(self._flush_batch(batch)))
+                    continue
+            if not self._dirty and not flushing:
                 self._idle.set()
-                continue
-            pause = min(self._dirty.values()) - time.monotonic()
-            if pause > 0:  # nothing due yet: sleep until the first is, or until something new comes
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(pause):
-                        await self._wake.wait()
+            await self._sleep(now, flushing)
+
+    def _take_due(self, now: float) -> list[UUID]:
+        batch = []
+        for uid, at in self._dirty.items():
+            if at <= now and uid not in self._in_flight:
+                batch.append(uid)
+                if len(batch) >= self._batch_size:
+                    break
+        for uid in batch:
+            del self._dirty[uid]
+        self._in_flight.update(batch)
+        return batch
+
+    async def _sleep(self, now: float, flushing: set[asyncio.Task[None]]) -> None:
+        """Until a batch ends, a job changes or the next write falls due. A change that finds the
+        writer idle waits `flush_seconds` more, so that the changes of a burst share batches."""
+        idle = not flushing
+        waits = {n for n in self._dirty.values() if n > now}
+        timeout = (min(waits) - now) if waits else None
+        if now < self._resume_at:
+            timeout = self._resume_at - now
+        self._wake.clear()
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({woken, *flushing}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+        if idle and self._wake.is_set():
+            await asyncio.sleep(self._flush_seconds)
+
+    async def _flush_batch(self, batch: list[UUID]) -> None:
+        try:
+            await self.flush(batch)
+            self._backoff = 0.5
+        except TRANSIENT as error:
+            # The API server or Postgres is away: keep the jobs dirty and try again later.
+            log.warning("status flush failed, retrying in %.1fs: %s", self._backoff, error)
+            self._metrics.errors.labels("status").inc()
+            self._resume_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, 30)
+            self.mark(batch)
+        finally:
+            self._in_flight.difference_update(batch)
             self._wake.set()
 
     async def flush(self, uids: list[UUID]) -> None:
