@@ -100,19 +100,25 @@ class StatusWriter:
         slowest patch of the batch before it. A job is in one batch at a time, so two of its
         documents never race each other to the API server."""
         flushing: set[asyncio.Task[None]] = set()
-        while True:
-            for task in [t for t in flushing if t.done()]:
-                flushing.discard(task)
-                task.result()  # an error the flush could not turn into a retry ends the loop
-            now = time.monotonic()
-            if len(flushing) < PIPELINE and now >= self._resume_at:
-                batch = self._take_due(now)
-                if batch:
-                    flushing.add(asyncio.create_task(self._flush_batch(batch)))
-                    continue
-            if not self._dirty and not flushing:
-                self._idle.set()
-            await self._sleep(now, flushing)
+        try:
+            while True:
+                for task in [t for t in flushing if t.done()]:
+                    flushing.discard(task)
+                    task.result()  # an error the flush could not turn into a retry ends the loop
+                now = time.monotonic()
+                if len(flushing) < PIPELINE and now >= self._resume_at:
+                    batch = self._take_due(now)
+                    if batch:
+                        flushing.add(asyncio.create_task(self._flush_batch(batch)))
+                        continue
+                if not self._dirty and not flushing:
+                    self._idle.set()
+                await self._sleep(now, flushing)
+        finally:
+            # Batches belong to the loop: when it stops (shutdown, or an error above), so do they.
+            for task in flushing:
+                task.cancel()
+            await asyncio.gather(*flushing, return_exceptions=True)
 
     def _take_due(self, now: float) -> list[UUID]:
         batch = []

@@ -114,3 +114,19 @@ async def test_a_transition_whose_replica_died_before_patching_is_repaired(
         loop.cancel()
     assert cluster.status[ref.uid]["phase"] == "Completed"
     assert await app.reconciler.repair_statuses() == 0
+
+
+async def test_stopping_the_loop_stops_its_batches(app: App, cluster: RecordingCluster) -> None:
+    """Batches run as tasks of their own; cancelling the loop (shutdown) left them running, patching
+    after the process had said it stopped ('Task was destroyed but it is pending' at exit)."""
+    ref = new_ref("held")
+    await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
+    api = HeldPatches(cluster, ref.uid)
+    writer = StatusWriter(app.ledger, api, app.metrics, flush_seconds=0, concurrency=4)
+    loop = asyncio.create_task(writer.run())
+    writer.mark([ref.uid])
+    await asyncio.wait_for(api.holding.wait(), 5)
+    loop.cancel()
+    await asyncio.gather(loop, return_exceptions=True)
+    batches = [t for t in asyncio.all_tasks() if "_flush_batch" in repr(t.get_coro())]
+    assert batches == []
