@@ -4,6 +4,8 @@ can be held back."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
 
@@ -39,6 +41,24 @@ class HeldPatches(RecordingCluster):
         return landed
 
 
+@asynccontextmanager
+async def held_writer(
+    app: App, cluster: RecordingCluster, held: JobRef
+) -> AsyncIterator[tuple[StatusWriter, HeldPatches]]:
+    """A status writer with its loop running and `held`'s first patch under way, held back; the
+    loop is cancelled on the way out."""
+    api = HeldPatches(cluster, held.uid)
+    writer = StatusWriter(app.ledger, api, app.metrics, flush_seconds=0, concurrency=4)
+    loop = asyncio.create_task(writer.run())
+    try:
+        writer.mark([held.uid])
+        await asyncio.wait_for(api.holding.wait(), 5)
+        yield writer, api
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+
 async def test_a_slow_patch_does_not_hold_back_jobs_that_change_after_it(
     app: App, cluster: RecordingCluster
 ) -> None:
@@ -49,19 +69,12 @@ async def test_a_slow_patch_does_not_hold_back_jobs_that_change_after_it(
     slow, later = new_ref("slow"), new_ref("later")
     for ref in (slow, later):
         await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
-    api = HeldPatches(cluster, slow.uid)
-    writer = StatusWriter(app.ledger, api, app.metrics, flush_seconds=0, concurrency=4)
-    loop = asyncio.create_task(writer.run())
-    try:
-        writer.mark([slow.uid])
-        await asyncio.wait_for(api.holding.wait(), 5)
+    async with held_writer(app, cluster, slow) as (writer, api):
         writer.mark([later.uid])
         await asyncio.wait_for(api.other_landed.wait(), 5)
         assert slow.uid not in cluster.status
         api.release.set()
         await asyncio.wait_for(writer.wait_idle(), 5)
-    finally:
-        loop.cancel()
     assert cluster.status[slow.uid]["phase"] == cluster.status[later.uid]["phase"] == "Queued"
     assert api.patches == {slow.uid: 1, later.uid: 1}
 
@@ -73,20 +86,13 @@ async def test_a_job_changed_during_its_own_write_is_written_again_after_it(
     the two never race each other to the API server."""
     ref = new_ref("changing")
     await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
-    api = HeldPatches(cluster, ref.uid)
-    writer = StatusWriter(app.ledger, api, app.metrics, flush_seconds=0, concurrency=4)
-    loop = asyncio.create_task(writer.run())
-    try:
-        writer.mark([ref.uid])
-        await asyncio.wait_for(api.holding.wait(), 5)
+    async with held_writer(app, cluster, ref) as (writer, api):
         (row,) = (await app.ledger.start_attempts([str(ref.uid)])).started
         writer.offer([row])
         await asyncio.sleep(0.2)
         assert api.patches.get(ref.uid, 0) == 0  # the Processing document did not overtake
         api.release.set()
         await asyncio.wait_for(writer.wait_idle(), 5)
-    finally:
-        loop.cancel()
     assert cluster.status[ref.uid]["phase"] == "Processing"
     assert api.patches[ref.uid] == 2
 
@@ -121,12 +127,7 @@ async def test_stopping_the_loop_stops_its_batches(app: App, cluster: RecordingC
     after the process had said it stopped ('Task was destroyed but it is pending' at exit)."""
     ref = new_ref("held")
     await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
-    api = HeldPatches(cluster, ref.uid)
-    writer = StatusWriter(app.ledger, api, app.metrics, flush_seconds=0, concurrency=4)
-    loop = asyncio.create_task(writer.run())
-    writer.mark([ref.uid])
-    await asyncio.wait_for(api.holding.wait(), 5)
-    loop.cancel()
-    await asyncio.gather(loop, return_exceptions=True)
+    async with held_writer(app, cluster, ref):
+        pass  # the loop is cancelled with the patch still held
     batches = [t for t in asyncio.all_tasks() if "_flush_batch" in repr(t.get_coro())]
     assert batches == []
