@@ -184,13 +184,14 @@ class StatusWriter:
         # linearisable, so this ends with the newest status in place, unless the replica that
         # recorded the newest transition stopped before its own patch: the version recorded here
         # then stays behind, and reconciliation writes that job (`Reconciler.repair_statuses`).
-        written = [r for r, ok in zip(todo, results, strict=True) if ok is True]
-        if written:
-            latest = await self._ledger.statuses_written({r.ref.uid: r.version for r in written})
-            self.mark(r.ref.uid for r in written if latest.get(r.ref.uid, r.version) != r.version)
+        # A document the API server refused for good (or whose RelayJob is gone) is recorded as
+        # delivered too: repairing it would only be refused again, every reconcile interval.
+        if todo:
+            latest = await self._ledger.statuses_written({r.ref.uid: r.version for r in todo})
+            self.mark(r.ref.uid for r in todo if latest.get(r.ref.uid, r.version) != r.version)
 
-    async def _write(self, row: JobRow, now: datetime) -> bool:
-        """Patch one status; True when the document reached the RelayJob."""
+    async def _write(self, row: JobRow, now: datetime) -> None:
+        """Patch one status; raises only for failures worth retrying."""
         async with self._limit:
             try:
                 exists = await self._kube.patch_status(row.ref, status_document(row, now))
@@ -199,10 +200,9 @@ class StatusWriter:
                     self.mark([row.ref.uid])
                     raise
                 log.error("status patch refused: %s", error, extra=job_fields(row.ref))
-                return False
+                return
         self._metrics.status_writes.inc()
         if exists and not row.phase.terminal:
             self._written[row.ref.uid] = row.version
         else:
             self._written.pop(row.ref.uid, None)
-        return exists

@@ -11,6 +11,7 @@ from uuid import UUID
 
 import pytest
 
+from controller.adapters.kube import KubeError
 from controller.model.jobs import JobRef
 from controller.runtime import reconciler
 from controller.runtime.app import App
@@ -131,3 +132,26 @@ async def test_stopping_the_loop_stops_its_batches(app: App, cluster: RecordingC
         pass  # the loop is cancelled with the patch still held
     batches = [t for t in asyncio.all_tasks() if "_flush_batch" in repr(t.get_coro())]
     assert batches == []
+
+
+class RefusingPatches(RecordingCluster):
+    """The same store as `inner`, with an API server that refuses every status as invalid."""
+
+    def __init__(self, inner: RecordingCluster) -> None:
+        self.__dict__ = inner.__dict__
+
+    async def patch_status(self, ref: JobRef, status: dict[str, Any]) -> bool:
+        raise KubeError(422, '{"reason": "Invalid", "details": {"causes": [{"field": "status"}]}}')
+
+
+async def test_a_status_refused_for_good_is_not_repaired_over_and_over(
+    app: App, cluster: RecordingCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A document the API server refuses as invalid would be refused again: it is logged once,
+    and reconciliation does not send it every interval."""
+    ref = new_ref("refused")
+    await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
+    writer = StatusWriter(app.ledger, RefusingPatches(cluster), app.metrics, flush_seconds=0, concurrency=4)
+    await writer.flush([ref.uid])
+    monkeypatch.setattr(reconciler, "STATUS_REPAIR_GRACE_SECONDS", 0.0)
+    assert await app.reconciler.repair_statuses() == 0
