@@ -13,7 +13,7 @@ run: setup
 lint: setup
 	$(PY) -m ruff check controller tests bench scripts
 	$(PY) -m ruff format --check controller tests bench scripts
-	$(PY) -m mypy controller
+	$(PY) -m mypy controller bench
 	.venv/bin/lint-imports
 
 test: lint
