@@ -88,6 +88,14 @@ class RecordingCluster:
         return None
 
 
+class SameStore(RecordingCluster):
+    """An API server that answers differently from `inner` but holds the same RelayJobs, statuses
+    and patch counts: what it changes is visible to the app built on `inner`, and the reverse."""
+
+    def __init__(self, inner: RecordingCluster) -> None:
+        self.__dict__ = inner.__dict__
+
+
 def with_database(dsn: str, name: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path=f"/{name}"))

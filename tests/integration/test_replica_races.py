@@ -11,16 +11,16 @@ from controller.model.jobs import JobRef
 from controller.model.phases import Phase
 from controller.runtime.app import App
 from controller.runtime.status import StatusWriter
-from tests.integration.conftest import RecordingCluster, new_ref, succeeded
+from tests.integration.conftest import RecordingCluster, SameStore, new_ref, succeeded
 
 pytestmark = pytest.mark.integration
 
 
-class SlowPatches(RecordingCluster):
+class SlowPatches(SameStore):
     """The same store as `inner`, reached over a slow link: patches land late."""
 
     def __init__(self, inner: RecordingCluster, delay: float) -> None:
-        self.__dict__ = inner.__dict__
+        super().__init__(inner)
         self.delay = delay
 
     async def patch_status(self, ref: JobRef, status: dict[str, Any]) -> bool:
@@ -47,11 +47,11 @@ async def test_late_stale_patch_from_another_replica_is_repaired(app: App, clust
     assert cluster.status[ref.uid]["phase"] == "Completed"
 
 
-class StaleList(RecordingCluster):
+class StaleList(SameStore):
     """A list that answers with the RelayJobs that existed when it was asked, after a delay."""
 
     def __init__(self, inner: RecordingCluster, delay: float) -> None:
-        self.__dict__ = inner.__dict__
+        super().__init__(inner)
         self.delay = delay
 
     async def list_job_uids(self, namespaces: Any) -> set[Any]:

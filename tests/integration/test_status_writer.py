@@ -16,17 +16,17 @@ from controller.model.jobs import JobRef
 from controller.runtime import reconciler
 from controller.runtime.app import App
 from controller.runtime.status import StatusWriter
-from tests.integration.conftest import RecordingCluster, new_ref, succeeded
+from tests.integration.conftest import RecordingCluster, SameStore, new_ref, succeeded
 
 pytestmark = pytest.mark.integration
 
 
-class HeldPatches(RecordingCluster):
+class HeldPatches(SameStore):
     """The same store as `inner`; patches of the `held` job wait until `release` is set, the
     others land at once."""
 
     def __init__(self, inner: RecordingCluster, held: UUID) -> None:
-        self.__dict__ = inner.__dict__
+        super().__init__(inner)
         self.held = held
         self.holding = asyncio.Event()
         self.release = asyncio.Event()
@@ -134,11 +134,8 @@ async def test_stopping_the_loop_stops_its_batches(app: App, cluster: RecordingC
     assert batches == []
 
 
-class RefusingPatches(RecordingCluster):
+class RefusingPatches(SameStore):
     """The same store as `inner`, with an API server that refuses every status as invalid."""
-
-    def __init__(self, inner: RecordingCluster) -> None:
-        self.__dict__ = inner.__dict__
 
     async def patch_status(self, ref: JobRef, status: dict[str, Any]) -> bool:
         raise KubeError(422, '{"reason": "Invalid", "details": {"causes": [{"field": "status"}]}}')
