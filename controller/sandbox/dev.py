@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 
 from controller.sandbox.binaries import Binaries
 from controller.sandbox.sandbox import COMPONENTS, DEFAULT_CRD, KubeClient, Sandbox
@@ -69,6 +70,9 @@ def dev_main(argv: list[str]) -> int:
         env["KUBECONFIG"] = str(kube.kubeconfig)
     env["PATH"] = kube.env()["PATH"]
     env.setdefault("RELAY_LOG_FORMAT", "text")
+    # SIGTERM (`timeout`, a service manager, an IDE's stop button) takes the Ctrl-C path below:
+    # Python's default would end this process at once and leave the operator running without it.
+    signal.signal(signal.SIGTERM, _interrupt)
     operator = subprocess.Popen([sys.executable, "-m", "controller", "run"], env=env)
     try:
         kube.kubectl("apply", "-f", str(SAMPLE))
@@ -92,6 +96,10 @@ def dev_main(argv: list[str]) -> int:
                 operator.wait(30)
             except subprocess.TimeoutExpired:
                 operator.kill()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _var(component: str) -> str:

@@ -5,9 +5,11 @@ hanging in kopf's shutdown."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -66,3 +68,38 @@ def test_sigterm_stops_promptly_and_cleanly(operator_env: dict[str, str], tmp_pa
     code = op.stop()
     assert code == 0, op.logs()[-3000:]
     assert time.monotonic() - began < 10, op.logs()[-3000:]
+
+
+def test_sigterm_to_dev_stops_the_operator_it_started(
+    operator_env: dict[str, str], control_plane: Any
+) -> None:
+    """`relayjob-operator dev` (the README's `make run`) stopped its operator on Ctrl-C only. On
+    SIGTERM (`timeout`, a service manager, an IDE's stop button) Python ended it at once, and the
+    operator it had started ran on, holding its HTTP port: the next `make run` failed with
+    'RELAY_HTTP_PORT: cannot listen on port 8080'."""
+    port = free_port()
+    env = {**os.environ, **operator_env, "RELAY_HTTP_PORT": str(port)}
+    dev = subprocess.Popen([sys.executable, "-m", "controller", "dev"], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(port):
+            assert dev.poll() is None and time.monotonic() < deadline, "the operator never came up"
+            time.sleep(0.2)
+        dev.send_signal(signal.SIGTERM)
+        assert dev.wait(30) == 0
+        deadline = time.monotonic() + 15
+        while _answers(port):
+            assert time.monotonic() < deadline, "the operator outlived `dev`"
+            time.sleep(0.2)
+    finally:
+        dev.kill()
+        control_plane.kubectl("delete", "relayjob", "hello", "--ignore-not-found")
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+            return True
+    except OSError:
+        return False
