@@ -38,13 +38,26 @@ def _describe(error: ValidationError) -> str:
 MAX_PAYLOAD_DEPTH = 100
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _payload_problem(value: Any, depth: int = 0) -> str | None:
     """What the ledger could not store, found before it tries: PostgreSQL's jsonb refuses NUL
-    characters, and its parser recurses, so very deep nesting exhausts its stack."""
+    characters, and its parser recurses, so very deep nesting exhausts its stack. A lone surrogate
+    (JSON's "\\ud800") is not text at all: the payload's size cannot even be measured."""
     if depth > MAX_PAYLOAD_DEPTH:
         return f"nests deeper than {MAX_PAYLOAD_DEPTH} levels"
     if isinstance(value, str):
-        return "contains a NUL character (\\u0000)" if "\x00" in value else None
+        if "\x00" in value:
+            return "contains a NUL character (\\u0000)"
+        if not value.isascii() and not _encodable(value):
+            return "contains a lone UTF-16 surrogate, which is not Unicode text"
+        return None
     if isinstance(value, dict):
         for key, item in value.items():
             problem = _payload_problem(key, depth) or _payload_problem(item, depth + 1)

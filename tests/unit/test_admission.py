@@ -31,6 +31,18 @@ def test_nul_characters_are_refused_before_the_ledger_sees_them() -> None:
     assert isinstance(verdict, Refused) and "NUL" in verdict.message and "spec.payload" in verdict.message
 
 
+def test_lone_surrogates_are_refused_not_raised() -> None:
+    # json.loads("\"\\ud800\"") gives one; measuring the payload's size raised UnicodeEncodeError,
+    # and the handler retried the same admission for ever.
+    for payload in ({"a": "x\ud800"}, {"k\udfff": 1}, {"ok": "żółw ✓"}):
+        verdict = admit({"target": {"noop": {}}, "payload": payload}, 65536, EXECUTORS)
+        if "ok" in payload:
+            assert not isinstance(verdict, Refused)
+        else:
+            assert isinstance(verdict, Refused) and verdict.reason is Reason.INVALID_SPEC
+            assert "surrogate" in verdict.message
+
+
 def test_deep_nesting_is_refused() -> None:
     payload: dict[str, object] = {}
     node = payload
