@@ -31,6 +31,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's release hook. asyncpg's default sends `CLOSE ALL; UNLISTEN *; RESET ALL` and
+    `pg_advisory_unlock_all()` on every release: a round trip, and statements for PostgreSQL to
+    run, per use of the pool. Our sessions keep nothing between uses: no SET, LISTEN or cursors,
+    and `migrate` releases its lock itself; asyncpg still rolls back an open transaction."""
+
+
 async def connect(dsn: str, min_size: int, max_size: int, timeout: float) -> asyncpg.Pool:
     """The process's one asyncpg pool; opening a connection gives up after `timeout` seconds."""
     pool = await asyncpg.create_pool(
@@ -44,6 +51,7 @@ async def connect(dsn: str, min_size: int, max_size: int, timeout: float) -> asy
         server_settings={"plan_cache_mode": "force_custom_plan"},
         timeout=timeout,
         command_timeout=60,
+        reset=_keep_session,
     )
     assert pool is not None
     return pool
@@ -83,7 +91,13 @@ async def migrate(pool: asyncpg.Pool) -> list[str]:
                     )
                 applied.append(name)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+            try:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+            except BaseException:
+                # Not released (a broken or cancelled session): close the session, and the lock
+                # with it, rather than hand a locked connection back to the pool.
+                conn.terminate()
+                raise
     return applied
 
 
@@ -259,6 +273,45 @@ class Waiting:
 
 
 @dataclass(frozen=True)
+class NewJob:
+    """A RelayJob seen for the first time, as admission decided to record it."""
+
+    ref: JobRef
+    spec: RelayJobSpec
+    raw_spec: dict[str, Any]
+    generation: int
+    phase: Phase
+    reason: Reason
+    message: str
+    next_attempt_at: datetime | None
+
+
+_NEW_JOB_COLUMNS = (
+    "uid, namespace, name, generation, spec, phase, nullifier, nullifier_state, max_attempts,"
+    " next_attempt_at, reason, message, ttl_seconds"
+)
+
+
+def _new_job_values(job: NewJob, spec: object) -> tuple[object, ...]:
+    """The values of `_NEW_JOB_COLUMNS` for `job`, with its spec as the statement takes it."""
+    return (
+        job.ref.uid,
+        job.ref.namespace,
+        job.ref.name,
+        job.generation,
+        spec,
+        job.phase.value,
+        job.spec.nullifier,
+        "reserved" if job.spec.nullifier else None,
+        job.spec.max_attempts,
+        job.next_attempt_at,
+        job.reason.value,
+        job.message,
+        job.spec.ttl_seconds_after_finished,
+    )
+
+
+@dataclass(frozen=True)
 class Admission:
     row: JobRow
     created: bool
@@ -311,48 +364,44 @@ class Ledger:
         records = await self.pool.fetch("SELECT * FROM jobs WHERE uid = ANY($1::uuid[])", list(uids))
         return {r["uid"]: to_row(r) for r in records}
 
-    async def admit(
-        self,
-        ref: JobRef,
-        spec: RelayJobSpec,
-        raw_spec: dict[str, Any],
-        generation: int,
-        initial: Phase,
-        reason: Reason,
-        message: str,
-        next_attempt_at: datetime | None,
-    ) -> Admission:
+    async def admit_many(self, jobs: Sequence[NewJob]) -> dict[UUID, JobRow]:
+        """Insert new jobs in one statement and return the rows it created. A job missing from
+        the answer was recorded before, or its nullifier is held: `admit` settles each of those.
+
+        A spec PostgreSQL cannot store fails the whole statement (UNSTORABLE); the caller then
+        admits the jobs one by one, so only the bad one is refused."""
+        if not jobs:
+            return {}
+        records = await self.pool.fetch(
+            f"INSERT INTO jobs ({_NEW_JOB_COLUMNS}, queued_at)"
+            " SELECT *, CASE WHEN phase = 'Queued' THEN now() END FROM unnest("
+            " $1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[]::jsonb[], $6::text[],"
+            " $7::text[], $8::text[], $9::int[], $10::timestamptz[], $11::text[], $12::text[],"
+            f" $13::int[]) AS n({_NEW_JOB_COLUMNS})"
+            " ON CONFLICT DO NOTHING RETURNING *",
+            *zip(*(_new_job_values(job, json.dumps(job.raw_spec)) for job in jobs), strict=True),
+        )
+        specs = {job.ref.uid: job.spec for job in jobs}
+        return {r["uid"]: to_row(r, specs[r["uid"]]) for r in records}
+
+    async def admit(self, job: NewJob) -> Admission:
         """Insert the job once (idempotent by uid), reserving its nullifier if it has one.
 
         The reservation is the INSERT itself: the partial unique index refuses a second holder,
         and the loser is recorded as `Rejected` with the holder's state as the reason.
         """
-        held = "reserved" if spec.nullifier else None
+        ref, spec, raw_spec, generation = job.ref, job.spec, job.raw_spec, job.generation
         async with self.pool.acquire() as conn:
             for _ in range(5):
                 record = await conn.fetchrow(
-                    "INSERT INTO jobs (uid, namespace, name, generation, spec, phase, nullifier,"
-                    " nullifier_state, max_attempts, next_attempt_at, reason, message, ttl_seconds,"
-                    " queued_at)"
+                    f"INSERT INTO jobs ({_NEW_JOB_COLUMNS}, queued_at)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
                     " CASE WHEN $6 = 'Queued' THEN now() END)"
                     " ON CONFLICT DO NOTHING RETURNING *",
-                    ref.uid,
-                    ref.namespace,
-                    ref.name,
-                    generation,
-                    raw_spec,
-                    initial.value,
-                    spec.nullifier,
-                    held,
-                    spec.max_attempts,
-                    next_attempt_at,
-                    reason.value,
-                    message,
-                    spec.ttl_seconds_after_finished,
+                    *_new_job_values(job, raw_spec),
                 )
                 if record is not None:
-                    return Admission(to_row(record), created=True)
+                    return Admission(to_row(record, spec), created=True)
                 existing = await conn.fetchrow("SELECT * FROM jobs WHERE uid = $1", ref.uid)
                 if existing is not None:
                     return Admission(to_row(existing), created=False)

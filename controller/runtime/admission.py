@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from controller.adapters.ledger import UNSTORABLE, Ledger, Refusal
+from controller.adapters.ledger import UNSTORABLE, Admission, Ledger, NewJob, Refusal
 from controller.adapters.metrics import Metrics
 from controller.adapters.queue import Placement, Queue
 from controller.core.admission import Admitted, admit
@@ -21,6 +21,7 @@ from controller.core.scoring import ready_score
 from controller.model.jobs import JobRef, JobRow
 from controller.model.phases import Phase, Reason
 from controller.runtime.events import EventPoster
+from controller.runtime.intake import Intake
 from controller.runtime.logs import job_fields
 from controller.runtime.status import StatusWriter
 from controller.runtime.worker import Worker
@@ -68,6 +69,7 @@ class Admissions:
         self.metrics = metrics
         self.payload_limit = payload_limit
         self._seen: dict[UUID, tuple[int, str | None, bool]] = {}
+        self.intake = Intake(ledger, queue, placement, self._placed)
 
     async def observe(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -97,6 +99,7 @@ class Admissions:
     ) -> tuple[JobRow, bool]:
         """Record the job (or find it recorded); True when this call created its ledger row."""
         verdict = admit(raw, self.payload_limit, self.worker.executors.keys())
+        placed = False  # by the intake, which places and shows the rows it creates itself
         if not isinstance(verdict, Admitted):
             admission = await self.ledger.refuse(
                 ref, raw, generation, Refusal(verdict.reason, verdict.message)
@@ -115,13 +118,18 @@ class Admissions:
                 )
             else:
                 phase, reason, message = Phase.QUEUED, Reason.ADMITTED, "queued"
-            try:
-                admission = await self.ledger.admit(
-                    ref, spec, raw, generation, phase, reason, message, start if start > now else None
-                )
-            except UNSTORABLE as error:
-                refusal = Refusal(Reason.INVALID_SPEC, f"spec cannot be stored in the ledger: {error}")
-                admission = await self.ledger.refuse(ref, raw, generation, refusal)
+            job = NewJob(ref, spec, raw, generation, phase, reason, message, start if start > now else None)
+            recorded = await self.intake.record(job)
+            if recorded is not None:
+                admission, placed = Admission(recorded, created=True), True
+            else:
+                try:
+                    admission = await self.ledger.admit(job)
+                except UNSTORABLE as error:
+                    why = f"spec cannot be stored in the ledger: {error}"
+                    admission = await self.ledger.refuse(
+                        ref, raw, generation, Refusal(Reason.INVALID_SPEC, why)
+                    )
         row = admission.row
         if admission.created:
             if row.phase is Phase.REJECTED:
@@ -130,11 +138,16 @@ class Admissions:
                 self.events.post(ref, "Warning", row.reason or "Rejected", row.message or "rejected")
             else:
                 log.info("job admitted", extra=job_fields(ref) | {"phase": row.phase.value})
-        if row.phase is Phase.QUEUED and not row.deleted:
-            await self.queue.place([placement(row)], int(time.time() * 1000))
-            self.worker.wake()
-        self.status.offer([row])
+        if not placed:
+            if row.phase is Phase.QUEUED and not row.deleted:
+                await self.queue.place([placement(row)], int(time.time() * 1000))
+            self._placed([row])
         return row, admission.created
+
+    def _placed(self, rows: Iterable[JobRow]) -> None:
+        """Rows just recorded (and placed, if they wait in the queue): wake the worker, show them."""
+        self.worker.wake()
+        self.status.offer(rows)
 
     async def _follow(self, row: JobRow, redrive: str | None, suspend: bool) -> JobRow:
         """Changes a user makes after admission: a re-drive annotation, `spec.suspend`."""

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from controller.adapters import ledger as ledger_mod
-from controller.adapters.ledger import Ledger, Settle
+from controller.adapters.ledger import Ledger, NewJob, Settle
 from controller.model.phases import Phase, Reason
 from controller.model.spec import RelayJobSpec
 from tests.integration.conftest import new_ref, succeeded
@@ -30,7 +30,9 @@ async def pool(database_url: str) -> asyncpg.Pool:
 
 async def admit(ledger: Ledger, raw: dict = RAW, name: str = "job") -> ledger_mod.Admission:
     spec = RelayJobSpec.model_validate(raw)
-    return await ledger.admit(new_ref(name), spec, raw, 1, Phase.QUEUED, Reason.ADMITTED, "queued", None)
+    return await ledger.admit(
+        NewJob(new_ref(name), spec, raw, 1, Phase.QUEUED, Reason.ADMITTED, "queued", None)
+    )
 
 
 async def finish(ledger: Ledger, uid: uuid.UUID, phase: Phase, outcome: str, attempt: int = 1) -> None:
@@ -68,7 +70,8 @@ async def test_admission_is_idempotent_by_uid(pool: asyncpg.Pool) -> None:
     ledger = Ledger(pool, "w1")
     first = await admit(ledger)
     spec = RelayJobSpec.model_validate(RAW)
-    again = await ledger.admit(first.row.ref, spec, RAW, 1, Phase.QUEUED, Reason.ADMITTED, "q", None)
+    job = NewJob(first.row.ref, spec, RAW, 1, Phase.QUEUED, Reason.ADMITTED, "q", None)
+    again = await ledger.admit(job)
     assert first.created and not again.created
     assert again.row.seq == first.row.seq
 
@@ -121,6 +124,36 @@ async def test_stale_ids_are_reported(pool: asyncpg.Pool) -> None:
     ghost = str(new_ref().uid)
     batch = await ledger.start_attempts([ghost])
     assert batch.stale == [ghost]
+
+
+def new_job(raw: dict = RAW, name: str = "job") -> NewJob:
+    spec = RelayJobSpec.model_validate(raw)
+    return NewJob(new_ref(name), spec, raw, 1, Phase.QUEUED, Reason.ADMITTED, "queued", None)
+
+
+async def test_admit_many_creates_only_what_is_new(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    held = await admit(ledger, {"target": {"noop": {}}, "nullifier": "n-many"}, "holder")
+    fresh = [new_job(name=f"fresh-{i}") for i in range(3)]
+    rival = new_job({"target": {"noop": {}}, "nullifier": "n-many"}, "rival")
+    again = NewJob(held.row.ref, held.row.spec, {}, 1, Phase.QUEUED, Reason.ADMITTED, "queued", None)
+    created = await ledger.admit_many([*fresh, rival, again])
+    assert set(created) == {job.ref.uid for job in fresh}
+    for job in fresh:
+        row = created[job.ref.uid]
+        assert (row.ref, row.phase, row.max_attempts, row.spec) == (job.ref, Phase.QUEUED, 3, job.spec)
+        assert row.queued_at is not None
+    # What the batch left out is decided one by one, as before.
+    assert (await ledger.admit(rival)).row.reason == "NullifierInUse"
+    assert not (await ledger.admit(again)).created
+
+
+async def test_admit_many_refuses_a_batch_it_cannot_store_whole(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    unstorable = {"target": {"http": {"url": "http://127.0.0.1:9/", "headers": {"X-A": "a\x00b"}}}}
+    with pytest.raises(ledger_mod.UNSTORABLE):
+        await ledger.admit_many([new_job(name="good"), new_job(unstorable, "bad")])
+    assert await pool.fetchval("SELECT count(*) FROM jobs") == 0
 
 
 async def test_nullifier_race_has_one_winner(pool: asyncpg.Pool) -> None:
