@@ -142,11 +142,16 @@ class Worker:
                 await self._room.wait()
                 continue
             take: list[str] = []
+            drained = False  # the last claim got less than it asked for: `ready` is empty
             try:
                 prefetch = self._prefetch()
                 if len(self._stock) < free + prefetch // 2:
                     want = min(self.settings.claim_batch, free + prefetch - len(self._stock))
+                    # Cleared before the claim, not after: a job queued while the claim is out
+                    # may have missed it, and its wake-up must not be lost.
+                    self._wake.clear()
                     uids = await self.queue.claim(want, _ms(), lease_ms)
+                    drained = len(uids) < want
                     self._held.update(uids)
                     self._stock.extend(uids)
             except TRANSIENT as error:
@@ -173,8 +178,10 @@ class Worker:
             backoff = 0.1
             if take or self._stock:
                 idle = 0.005
-                continue
-            self._wake.clear()
+                # Claiming again at once after a claim that drained `ready` would find it empty:
+                # in a stream of admissions that was every other claim. Wait for a wake-up.
+                if self._stock or not drained:
+                    continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(idle):
                     await self._wake.wait()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 
 from controller.model.phases import Phase
 from controller.runtime.app import App
+from controller.settings import Settings
 from tests.integration.conftest import RecordingCluster, eventually, new_ref, running
 
 pytestmark = pytest.mark.integration
@@ -74,3 +76,38 @@ async def test_invalid_spec_is_rejected_with_reason(app: App, cluster: Recording
         await eventually(rejected)
     assert cluster.status[bad.uid]["reason"] == "PayloadTooLarge"
     assert any(e[2] == "PayloadTooLarge" for e in cluster.events)
+
+
+async def test_a_job_queued_while_a_claim_is_out_is_not_left_waiting(
+    settings: Settings, cluster: RecordingCluster
+) -> None:
+    """The claim loop cleared its wake-up flag after an empty claim, so a job admitted while that
+    claim was out waited for the next poll, which an idle worker spaces up to the poll interval."""
+    app = await App.assemble(settings.model_copy(update={"poll_interval_seconds": 5.0}), cluster, "t")
+    ref = new_ref("mid-claim")
+    claim = app.queue.claim
+    calls = 0
+    admitted_at = 0.0
+
+    async def claim_and_meanwhile_admit(n: int, now_ms: int, lease_ms: int) -> list[str]:
+        nonlocal calls, admitted_at
+        calls += 1
+        uids = await claim(n, now_ms, lease_ms)
+        if calls == 9:  # idle by now: the next poll would come about 1.3 s later
+            await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
+            admitted_at = time.monotonic()
+        return uids
+
+    app.queue.claim = claim_and_meanwhile_admit  # type: ignore[method-assign]
+    try:
+        async with running(app):
+
+            async def done() -> bool:
+                row = await app.ledger.get(ref.uid)
+                return row is not None and row.phase is Phase.COMPLETED
+
+            await eventually(done, timeout=15, every=0.01)
+            waited = time.monotonic() - admitted_at
+    finally:
+        await app.close()
+    assert waited < 0.5, f"the job waited {waited:.2f}s for a claim"
