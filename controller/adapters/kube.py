@@ -143,25 +143,30 @@ class KubeClient:
     async def close(self) -> None:
         await self._session.close()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One API call; transport failures surface as KubeError with status 0."""
+    async def _request(self, method: str, path: str, answer: bool = False, **kwargs: Any) -> Any:
+        """One API call, returning the decoded answer when `answer` is true; transport failures
+        surface as KubeError with status 0."""
         try:
-            return await self._send(method, path, **kwargs)
+            return await self._send(method, path, answer, **kwargs)
         except KubeError as error:
             if error.status != 401 or self._refresh is None:
                 raise
             self.credentials = self._refresh()
-            return await self._send(method, path, **kwargs)
+            return await self._send(method, path, answer, **kwargs)
 
-    async def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _send(self, method: str, path: str, answer: bool, **kwargs: Any) -> Any:
         headers = {**self.credentials.headers, **kwargs.pop("headers", {})}
         try:
             async with self._session.request(method, path, headers=headers, **kwargs) as response:
                 if response.status >= 300:
                     body = await response.text()
                     raise KubeError(response.status, body[:2000])
-                if response.content_type == "application/json":
+                if answer and response.content_type == "application/json":
                     return await response.json()
+                # Read, not decoded: a write's answer is the whole object, which nobody needs
+                # (decoding it was most of the JSON work of a status write), and an unread body
+                # would cost the connection its keep-alive.
+                await response.read()
                 return None
         except (aiohttp.ClientError, TimeoutError) as error:
             raise KubeError(0, f"{method} {path}: {type(error).__name__}: {error}") from None
@@ -221,6 +226,7 @@ class KubeClient:
                 page = await self._request(
                     "GET",
                     path,
+                    answer=True,
                     params=params,
                     headers={
                         "Accept": "application/json;as=PartialObjectMetadataList;"
@@ -268,7 +274,9 @@ class KubeClient:
             cached = self._secrets.get(ident)
             if cached is None or cached[0] < time.monotonic():
                 try:
-                    secret = await self._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+                    secret = await self._request(
+                        "GET", f"/api/v1/namespaces/{namespace}/secrets/{name}", answer=True
+                    )
                 except KubeError as error:
                     if error.status == 404:
                         raise SecretNotFound(f"Secret {namespace}/{name} not found") from None
