@@ -348,3 +348,10 @@ def test_names_and_columns(crd: Schema, version: Schema) -> None:
         "NEXT-ATTEMPT": (".status.nextAttemptAt", 1),
         "LAST-ERROR": (".status.lastError", 1),
     }
+
+
+def test_status_is_owned_whole(version: Schema) -> None:
+    """The operator replaces the whole status in every patch; the API server need not track who
+    owns each field of it (with per-field tracking, a status patch cost it about a third more)."""
+    status: Schema = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert status["x-kubernetes-map-type"] == "atomic"
