@@ -141,42 +141,20 @@ class Worker:
                 self._room.clear()
                 await self._room.wait()
                 continue
-            take: list[str] = []
-            drained = False  # the last claim got less than it asked for: `ready` is empty
             try:
-                prefetch = self._prefetch()
-                if len(self._stock) < free + prefetch // 2:
-                    want = min(self.settings.claim_batch, free + prefetch - len(self._stock))
-                    # Cleared before the claim, not after: a job queued while the claim is out
-                    # may have missed it, and its wake-up must not be lost.
-                    self._wake.clear()
-                    uids = await self.queue.claim(want, _ms(), lease_ms)
-                    drained = len(uids) < want
-                    self._held.update(uids)
-                    self._stock.extend(uids)
+                drained = await self._restock(free, lease_ms)
             except TRANSIENT as error:
                 log.warning("claim failed, retrying in %.1fs: %s", backoff, error)
                 self.metrics.errors.labels("claim").inc()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10)
                 continue
-            # Slots freed while an earlier batch was being opened get a batch of their own at
-            # once: up to OPEN_PIPELINE openings are in flight, so a slot never waits for two.
-            await self._openers.acquire()
-            free = self._free()
-            take = [self._stock.popleft() for _ in range(min(free, len(self._stock)))]
-            if take:
-                self._opened += len(take)
-                opening = asyncio.create_task(self._open(take))
-                self._opening.add(opening)
-                opening.add_done_callback(self._opening.discard)
-            else:
-                self._openers.release()
+            took = await self._open_stock()
             pause = self._open_backoff_until - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
             backoff = 0.1
-            if take or self._stock:
+            if took or self._stock:
                 idle = 0.005
                 # Claiming again at once after a claim that drained `ready` would find it empty:
                 # in a stream of admissions that was every other claim. Wait for a wake-up.
@@ -186,6 +164,37 @@ class Worker:
                 async with asyncio.timeout(idle):
                     await self._wake.wait()
             idle = min(idle * 2, self.settings.poll_interval_seconds)
+
+    async def _restock(self, free: int, lease_ms: int) -> bool:
+        """Lease work into the stock when it runs short of the free slots and the work taken
+        ahead; True when the claim got less than it asked for, so `ready` is empty."""
+        prefetch = self._prefetch()
+        if len(self._stock) >= free + prefetch // 2:
+            return False
+        want = min(self.settings.claim_batch, free + prefetch - len(self._stock))
+        # Cleared before the claim, not after: a job queued while the claim is out may have
+        # missed it, and its wake-up must not be lost.
+        self._wake.clear()
+        uids = await self.queue.claim(want, _ms(), lease_ms)
+        self._held.update(uids)
+        self._stock.extend(uids)
+        return len(uids) < want
+
+    async def _open_stock(self) -> bool:
+        """Open attempts for as much of the stock as the slots take; True when it took some.
+
+        Slots freed while an earlier batch was being opened get a batch of their own at once:
+        up to OPEN_PIPELINE openings are in flight, so a slot never waits for two."""
+        await self._openers.acquire()
+        take = [self._stock.popleft() for _ in range(min(self._free(), len(self._stock)))]
+        if not take:
+            self._openers.release()
+            return False
+        self._opened += len(take)
+        opening = asyncio.create_task(self._open(take))
+        self._opening.add(opening)
+        opening.add_done_callback(self._opening.discard)
+        return True
 
     async def _open(self, uids: list[str]) -> None:
         """Open the attempts of `uids` and start them; the claim loop goes on meanwhile."""
