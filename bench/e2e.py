@@ -5,7 +5,8 @@ concurrency while a watch records when each one shows `Completed`; jobs/s over t
 create-to-Completed latency per job, and the API writes the operator made per job, from the API
 server's own `apiserver_request_total` (write verbs on relayjobs and events, minus the bench's
 creates). Beside it, the physical limit: the rate at which a plain client patches RelayJob status
-on the same API server.
+on the same API server. The operator authenticates with a ServiceAccount token, as it does in a
+cluster; the bench's own clients use the sandbox's admin certificate.
 
 memory: RSS of an operator process idle, then with 1,000 and 10,000 RelayJobs created and completed.
 """
@@ -21,17 +22,26 @@ from typing import Any
 import psutil
 
 from bench.env import PYTHON, ROOT, WORK, Servers, log
-from bench.kube import Api, Operator, bounded, delta, raw_status_patch_rate, write_counts
+from bench.kube import (
+    Api,
+    Operator,
+    bounded,
+    delta,
+    raw_status_patch_rate,
+    service_account_token,
+    token_kubeconfig,
+    write_counts,
+)
 from controller.sandbox.servers import KubeAPIServer
 
 CREATE_CONCURRENCY = 64
 
 
 def _operator(servers: Servers, tag: str) -> tuple[Operator, str]:
+    """The operator of a bench section, and the namespace it watches; `_start` starts it."""
     suffix = uuid.uuid4().hex[:8]
     namespace = f"bench-{tag}-{suffix}"
     env = {
-        "KUBECONFIG": str(servers.sandbox.kubeconfig),
         "RELAY_REDIS_URL": servers.redis_url,
         "RELAY_DATABASE_URL": servers.new_database(tag),
         "RELAY_KEY_PREFIX": f"b{tag}{suffix}",
@@ -41,6 +51,15 @@ def _operator(servers: Servers, tag: str) -> tuple[Operator, str]:
         "RELAY_LOG_FORMAT": "json",
     }
     return Operator(env, WORK / "logs" / f"operator-{tag}-{suffix}.log"), namespace
+
+
+async def _start(operator: Operator, api: Api, server: KubeAPIServer, namespace: str) -> None:
+    """Create the operator's namespace and its ServiceAccount, and start it with that account's token."""
+    await api.create_namespace(namespace)
+    token = await service_account_token(api, namespace)
+    kubeconfig = token_kubeconfig(server, token, WORK / f"kubeconfig-{namespace}")
+    operator.env["KUBECONFIG"] = str(kubeconfig)
+    operator.start()
 
 
 class Tracker:
@@ -106,8 +125,7 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
     api = Api(server, connections=CREATE_CONCURRENCY)
     tracker = Tracker()
     try:
-        await api.create_namespace(namespace)
-        operator.start()
+        await _start(operator, api, server, namespace)
         version = await api.list_version(namespace)
         watcher = asyncio.create_task(tracker.follow(server, namespace, version))
         # One job through first: the clock measures an operator that is running, not kopf's first
@@ -187,8 +205,7 @@ async def _memory(servers: Servers, steps: tuple[int, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     peak = 0.0
     try:
-        await api.create_namespace(namespace)
-        operator.start()
+        await _start(operator, api, server, namespace)
         await asyncio.sleep(5.0)
         out["idle_mib"] = round(_rss_mib(operator.pid), 1)
         log(f"memory: idle {out['idle_mib']} MiB")
