@@ -14,10 +14,9 @@ from bench.env import BENCH, PEER_PYTHON, PYTHON, Servers, flush_redis, log, run
 SYSTEMS = ("relayjob", "bullmq", "arq", "saq")
 
 
-def _command(system: str, servers: Servers, jobs: int, concurrency: int) -> list[str]:
+def _command(system: str, servers: Servers, jobs: int, concurrency: int, dsn: str) -> list[str]:
     url = servers.redis_url
     if system == "relayjob":
-        dsn = servers.new_database("core")
         return [PYTHON, "-m", "bench.relay_core", url, dsn, str(jobs), str(concurrency)]
     if system == "bullmq":
         return ["node", str(BENCH / "peers" / "bullmq" / "drain.js"), url, str(jobs), str(concurrency)]
@@ -32,7 +31,12 @@ def run(servers: Servers, jobs: int, concurrencies: tuple[int, ...], rounds: int
         for round_no in range(rounds):
             for system in SYSTEMS:
                 flush_redis(servers.redis_url)
-                figures = run_json(_command(system, servers, jobs, concurrency), timeout=900)
+                dsn = servers.new_database("core") if system == "relayjob" else ""
+                try:
+                    figures = run_json(_command(system, servers, jobs, concurrency, dsn), timeout=900)
+                finally:
+                    if dsn:
+                        servers.drop_database(dsn)
                 if int(figures["jobs"]) < jobs:
                     raise RuntimeError(f"{system} finished only {figures['jobs']} of {jobs} jobs")
                 rate = float(figures["jobs_per_s"])
