@@ -29,9 +29,9 @@ from bench.kube import (
     delta,
     raw_status_patch_rate,
     service_account_token,
-    token_kubeconfig,
     write_counts,
 )
+from controller.sandbox.pki import write_kubeconfig
 from controller.sandbox.servers import KubeAPIServer
 
 CREATE_CONCURRENCY = 64
@@ -57,7 +57,8 @@ async def _start(operator: Operator, api: Api, server: KubeAPIServer, namespace:
     """Create the operator's namespace and its ServiceAccount, and start it with that account's token."""
     await api.create_namespace(namespace)
     token = await service_account_token(api, namespace)
-    kubeconfig = token_kubeconfig(server, token, WORK / f"kubeconfig-{namespace}")
+    kubeconfig = WORK / f"kubeconfig-{namespace}"
+    write_kubeconfig(kubeconfig, server.pki, server.url, token=token)
     operator.env["KUBECONFIG"] = str(kubeconfig)
     operator.start()
 

@@ -21,7 +21,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.env import PYTHON, log
 from controller.sandbox.operator_process import OperatorProcess
-from controller.sandbox.pki import kubeconfig_document
 from controller.sandbox.servers import KubeAPIServer
 
 GROUP_PATH = "/apis/relay.dev/v1alpha1"
@@ -193,17 +192,6 @@ async def service_account_token(api: Api, namespace: str) -> str:
         json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
     )
     return str(issued["status"]["token"])
-
-
-def token_kubeconfig(server: KubeAPIServer, token: str, path: Path) -> Path:
-    """The sandbox's kubeconfig with `token` in place of the admin's client certificate."""
-    document = kubeconfig_document(server.pki, server.url)
-    document["users"] = [{"name": "token", "user": {"token": token}}]
-    document["contexts"][0]["context"]["user"] = "token"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(document, handle)
-    return path
 
 
 def status_body(uid: str, n: int) -> list[dict[str, Any]]:

@@ -185,8 +185,21 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def kubeconfig_document(pki: PKI, server: str, name: str = "relayjob-sandbox") -> dict[str, Any]:
-    """A self-contained kubeconfig (data embedded) so it keeps working when copied elsewhere."""
+def kubeconfig_document(
+    pki: PKI, server: str, name: str = "relayjob-sandbox", token: str | None = None
+) -> dict[str, Any]:
+    """A self-contained kubeconfig (data embedded) so it keeps working when copied elsewhere: the
+    admin's client certificate, or a bearer `token` (a ServiceAccount's) when one is given."""
+    if token is None:
+        user, credentials = (
+            ADMIN_USER,
+            {
+                "client-certificate-data": _b64(pki.admin_cert),
+                "client-key-data": _b64(pki.admin_key),
+            },
+        )
+    else:
+        user, credentials = f"{name}-token", {"token": token}
     return {
         "apiVersion": "v1",
         "kind": "Config",
@@ -196,19 +209,11 @@ def kubeconfig_document(pki: PKI, server: str, name: str = "relayjob-sandbox") -
                 "cluster": {"server": server, "certificate-authority-data": _b64(pki.ca_cert)},
             }
         ],
-        "users": [
-            {
-                "name": ADMIN_USER,
-                "user": {
-                    "client-certificate-data": _b64(pki.admin_cert),
-                    "client-key-data": _b64(pki.admin_key),
-                },
-            }
-        ],
+        "users": [{"name": user, "user": credentials}],
         "contexts": [
             {
                 "name": name,
-                "context": {"cluster": name, "user": ADMIN_USER, "namespace": "default"},
+                "context": {"cluster": name, "user": user, "namespace": "default"},
             }
         ],
         "current-context": name,
@@ -216,10 +221,10 @@ def kubeconfig_document(pki: PKI, server: str, name: str = "relayjob-sandbox") -
     }
 
 
-def write_kubeconfig(path: Path, pki: PKI, server: str) -> None:
-    text = yaml.safe_dump(kubeconfig_document(pki, server), sort_keys=False)
+def write_kubeconfig(path: Path, pki: PKI, server: str, token: str | None = None) -> None:
+    text = yaml.safe_dump(kubeconfig_document(pki, server, token=token), sort_keys=False)
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    # Holds the admin key: readable by the owner only, from the first byte written.
+    # Holds a key or a token: readable by the owner only, from the first byte written.
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
