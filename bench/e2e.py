@@ -19,6 +19,7 @@ import time
 import uuid
 from typing import Any
 
+import asyncpg
 import psutil
 
 from bench.env import PYTHON, ROOT, WORK, Servers, log
@@ -116,6 +117,39 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"p50_s": round(_percentile(values, 0.50), 3), "p99_s": round(_percentile(values, 0.99), 3)}
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+async def _legs(dsn: str, namespace: str, tracker: Tracker, names: list[str]) -> dict[str, Any]:
+    """Each job's create-to-Completed time cut at the ledger's own timestamps: when admission
+    recorded it, and when its outcome was recorded. PostgreSQL runs on this machine, so its clock is
+    the bench's."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT name, extract(epoch FROM created_at)::float8 AS admitted,"
+            " extract(epoch FROM finished_at)::float8 AS finished"
+            " FROM jobs WHERE namespace = $1 AND name = ANY($2::text[])",
+            namespace,
+            names,
+        )
+    finally:
+        await conn.close()
+    return {
+        "create_to_admitted": _spread([r["admitted"] - tracker.created[r["name"]] for r in rows]),
+        "admitted_to_finished": _spread([r["finished"] - r["admitted"] for r in rows]),
+        "finished_to_seen": _spread([tracker.completed[r["name"]] - r["finished"] for r in rows]),
+    }
+
+
 async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
     server = servers.sandbox.apiserver
     raw = await raw_status_patch_rate(
@@ -134,14 +168,17 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
         await _create_and_wait(api, namespace, ["warm-up"], tracker, timeout=120)
         await asyncio.sleep(2.0)  # its Events and status re-checks land before the count starts
         before = write_counts(server)
+        cpu_before = _cpu_seconds(operator.pid), _cpu_seconds(server.pid)
         names = [f"e2e-{i:05d}" for i in range(jobs)]
         began = await _create_and_wait(api, namespace, names, tracker, timeout=600)
         finished = max(tracker.completed.values())
         await asyncio.sleep(3.0)  # trailing writes (late Events, status re-checks) count too
         after = write_counts(server)
+        cpu_after = _cpu_seconds(operator.pid), _cpu_seconds(server.pid)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)  # the tracker process is reaped
         metrics = operator.metric_values()
+        legs = await _legs(operator.env["RELAY_DATABASE_URL"], namespace, tracker, names)
     finally:
         operator.stop()
         await api.close()
@@ -171,6 +208,11 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
         "limit_jobs_per_s": round(limit, 1),
         "fraction_of_limit": round(jobs_per_s / limit, 3),
         "operator_status_writes": metrics.get("relayjob_status_writes_total", 0.0),
+        "legs": legs,
+        "cpu_ms_per_job": {
+            "operator": round(1000 * (cpu_after[0] - cpu_before[0]) / jobs, 2),
+            "kube_apiserver": round(1000 * (cpu_after[1] - cpu_before[1]) / jobs, 2),
+        },
     }
 
 

@@ -6,6 +6,13 @@ from pathlib import Path
 from typing import Any
 
 PEERS = ("bullmq", "arq", "saq")
+# The e2e legs, in order: the API server, its watch, kopf and admission; the worker; the status
+# writer, its patch and the watch that sees it.
+_LEGS = (
+    ("create_to_admitted", "create → admitted"),
+    ("admitted_to_finished", "admitted → outcome recorded"),
+    ("finished_to_seen", "recorded → `Completed` seen by a watch"),
+)
 
 
 def _target(name: str, value: float | None, goal: str, ok: bool | None) -> dict[str, Any]:
@@ -91,6 +98,17 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
             f" excluded): {writes}.",
             "",
         ]
+        legs = e2e.get("legs")
+        if legs:
+            cut = "; ".join(f"{name} {legs[k]['p50_s']:.2f} / {legs[k]['p99_s']:.2f} s" for k, name in _LEGS)
+            lines += [f"Where the time goes, cut at the ledger's timestamps (p50 / p99): {cut}.", ""]
+        cpu = e2e.get("cpu_ms_per_job")
+        if cpu:
+            lines += [
+                f"CPU per job during the run: operator {cpu['operator']:.2f} ms,"
+                f" kube-apiserver {cpu['kube_apiserver']:.2f} ms.",
+                "",
+            ]
         rounds = e2e.get("runs", [])
         if len(rounds) > 1:
             shown = "; ".join(
