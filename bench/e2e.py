@@ -121,11 +121,15 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"p50_s": round(_percentile(values, 0.50), 3), "p99_s": round(_percentile(values, 0.99), 3)}
 
 
-def _cpu_seconds(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+def _cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
+    """CPU time used so far by each named process, which must be running."""
+    out = {}
+    for name, pid in pids.items():
+        if pid is None:
+            raise RuntimeError(f"{name} is not running")
+        times = psutil.Process(pid).cpu_times()
+        out[name] = float(times.user + times.system)
+    return out
 
 
 async def _legs(dsn: str, namespace: str, tracker: Tracker, names: list[str]) -> dict[str, Any]:
@@ -168,13 +172,14 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
         await _create_and_wait(api, namespace, ["warm-up"], tracker, timeout=120)
         await asyncio.sleep(2.0)  # its Events and status re-checks land before the count starts
         before = write_counts(server)
-        cpu_before = _cpu_seconds(operator.pid), _cpu_seconds(server.pid)
+        processes = {"operator": operator.pid, "kube_apiserver": server.pid}
+        cpu_before = _cpu_seconds(processes)
         names = [f"e2e-{i:05d}" for i in range(jobs)]
         began = await _create_and_wait(api, namespace, names, tracker, timeout=600)
         finished = max(tracker.completed.values())
         await asyncio.sleep(3.0)  # trailing writes (late Events, status re-checks) count too
         after = write_counts(server)
-        cpu_after = _cpu_seconds(operator.pid), _cpu_seconds(server.pid)
+        cpu_after = _cpu_seconds(processes)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)  # the tracker process is reaped
         metrics = operator.metric_values()
@@ -199,8 +204,7 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
         "jobs": jobs,
         "seconds": round(seconds, 3),
         "jobs_per_s": round(jobs_per_s, 1),
-        "p50_s": round(_percentile(latencies, 0.50), 3),
-        "p99_s": round(_percentile(latencies, 0.99), 3),
+        **_spread(latencies),
         "max_s": round(max(latencies), 3),
         "api_writes_per_job": round(per_job, 3),
         "api_writes": {k: v for k, v in ours.items() if v},
@@ -209,10 +213,7 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
         "fraction_of_limit": round(jobs_per_s / limit, 3),
         "operator_status_writes": metrics.get("relayjob_status_writes_total", 0.0),
         "legs": legs,
-        "cpu_ms_per_job": {
-            "operator": round(1000 * (cpu_after[0] - cpu_before[0]) / jobs, 2),
-            "kube_apiserver": round(1000 * (cpu_after[1] - cpu_before[1]) / jobs, 2),
-        },
+        "cpu_ms_per_job": {k: round(1000 * (cpu_after[k] - cpu_before[k]) / jobs, 2) for k in cpu_after},
     }
 
 
