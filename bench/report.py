@@ -81,6 +81,17 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
                 f" | {_ratio(us, row['bullmq'])} | {_ratio(us, row['arq'])} | {_ratio(us, row['saq'])} |"
             )
         lines += ["", f"![throughput by concurrency](results/{chart_name})", ""]
+        floor = core.get("floor")
+        if floor and "10" in core["by_concurrency"]:
+            c10 = core["by_concurrency"]["10"]
+            lines += [
+                f"Floor: {floor['jobs_per_s']:,.0f} jobs/s. That is our hot path's ledger and Redis"
+                " statements alone, in batches, with no per-job work around them (`bench/relay_floor.py`):"
+                " what a durable ledger allows on this machine. At concurrency 10 relayjob reaches"
+                f" {c10['relayjob'] / floor['jobs_per_s']:.0%} of it and BullMQ"
+                f" {c10['bullmq'] / floor['jobs_per_s']:.0%}.",
+                "",
+            ]
     e2e = result.get("e2e")
     if e2e:
         writes = ", ".join(f"{k}: {v:g}" for k, v in e2e["api_writes"].items()) or "none"
@@ -209,6 +220,8 @@ def summary(result: dict[str, Any]) -> str:
         for conc, row in core["by_concurrency"].items():
             ratios = ", ".join(f"{p} {_ratio(row['relayjob'], row[p])}" for p in PEERS)
             lines.append(f"core c={conc}: relayjob {row['relayjob']:,.0f}/s ({ratios})")
+        if "floor" in core:
+            lines.append(f"core floor (statements alone): {core['floor']['jobs_per_s']:,.0f}/s")
     for t in result.get("targets", []):
         lines.append(f"{'PASS' if t['met'] else 'MISS'}  {t['target']}: {t['value']} (goal {t['goal']})")
     return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""The floor under our core-queue figure: the hot path's statements with nothing else around them.
+
+    python -m bench.relay_floor REDIS_URL DATABASE_URL JOBS [LANES] [BATCH]
+
+The same jobs are seeded as for `bench.relay_core`, then drained by LANES loops that each send,
+for BATCH jobs at a time, exactly what the worker and status writer send for them: the Lua claim,
+the ledger statement that opens attempts, the one that records outcomes, the Redis settle, and
+the status-version record. Nothing runs per job but building the statements' arrays: no rows, no
+executor, no status documents, no logs or metrics.
+
+So this is what PostgreSQL and Redis on this machine allow a durable ledger with our statements,
+if the operator's own per-job work cost nothing. Beside the operator's figure it splits the gap
+to a peer in two: what the storage costs, and what our Python costs.
+
+Prints one JSON line: {"peer": "floor", "jobs", "seconds", "jobs_per_s", "lanes", "batch"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+from uuid import UUID
+
+from bench.relay_core import AcceptingCluster, seed
+from controller.adapters.ledger import ACTIVE, SETTLE, START_ATTEMPTS
+from controller.runtime.app import App
+from controller.settings import Settings
+
+LANES = 4
+BATCH = 128
+
+
+async def main(redis_url: str, database_url: str, jobs: int, lanes: int, batch: int) -> dict[str, Any]:
+    settings = Settings(redis_url=redis_url, database_url=database_url, key_prefix="benchfloor", http_port=0)
+    cluster = AcceptingCluster()
+    app = await App.assemble(settings, cluster, "bench-floor")
+    lease_ms = int(settings.lease_seconds * 1000)
+    recorded = 0
+
+    async def lane() -> None:
+        nonlocal recorded
+        while True:
+            uids = await app.queue.claim(batch, int(time.time() * 1000), lease_ms)
+            if not uids:
+                return
+            opened = await app.pool.fetch(START_ATTEMPTS, [UUID(u) for u in uids], list(ACTIVE), "floor")
+            n = len(opened)
+            settled = await app.pool.fetch(
+                SETTLE,
+                [r["uid"] for r in opened],
+                [r["run"] for r in opened],
+                [r["attempts"] for r in opened],
+                ["Completed"] * n,
+                ["Succeeded"] * n,
+                ["noop target"] * n,
+                [None] * n,
+                [None] * n,
+                [None] * n,
+                ["succeeded"] * n,
+            )
+            await app.queue.settle(done=uids)
+            await app.ledger.statuses_written({r["uid"]: r["version"] for r in settled})
+            recorded += len(settled)
+
+    try:
+        await seed(app, cluster, jobs)
+        began = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(lanes)))
+        seconds = time.perf_counter() - began
+        finished = await app.pool.fetchval("SELECT count(*) FROM jobs WHERE phase = 'Completed'")
+        depth = await app.queue.depth()
+    finally:
+        await app.close()
+    if finished != jobs or recorded != jobs or depth.ready or depth.leased:
+        raise RuntimeError(f"floor drain incomplete: ledger {finished}, recorded {recorded}, redis {depth}")
+    return {
+        "peer": "floor",
+        "jobs": jobs,
+        "seconds": seconds,
+        "jobs_per_s": jobs / seconds,
+        "lanes": lanes,
+        "batch": batch,
+    }
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    out = asyncio.run(
+        main(
+            args[0],
+            args[1],
+            int(args[2]),
+            int(args[3]) if len(args) > 3 else LANES,
+            int(args[4]) if len(args) > 4 else BATCH,
+        )
+    )
+    print(json.dumps(out), flush=True)
