@@ -1,7 +1,8 @@
 """Kubernetes Events for the transitions users care about, rate-limited so load cannot flood the API.
 
-A token bucket bounds Events per second; what the bucket refuses is counted, not queued, because
-the status already tells the same story and an Event backlog would only grow under load.
+`core.event_budget` bounds Events per second and keeps part of the budget for warnings; what it
+refuses is counted, not queued, because the status already tells the same story and an Event
+backlog would only grow under load.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 
 from controller.adapters.kube import KubeError
 from controller.adapters.metrics import Metrics
+from controller.core.event_budget import EventBudget
 from controller.model.jobs import ClusterApi, JobRef
 from controller.runtime.logs import job_fields
 
@@ -22,22 +24,11 @@ class EventPoster:
     def __init__(self, kube: ClusterApi, metrics: Metrics, per_second: float) -> None:
         self._kube = kube
         self._metrics = metrics
-        self._rate = per_second
-        self._tokens = max(1.0, per_second)
-        self._stamp = time.monotonic()
+        self._budget = EventBudget.full(per_second, time.monotonic())
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def _take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(max(1.0, self._rate), self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
-
     def post(self, ref: JobRef, kind: str, reason: str, message: str) -> None:
-        if not self._take():
+        if not self._budget.take(time.monotonic(), warning=kind == "Warning"):
             self._metrics.events_dropped.inc()
             return
         task = asyncio.create_task(self._send(ref, kind, reason, message))
