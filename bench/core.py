@@ -34,8 +34,8 @@ def run(servers: Servers, jobs: int, concurrencies: tuple[int, ...], rounds: int
     runs: dict[str, dict[str, list[float]]] = {}
     floor: list[float] = []
     for concurrency in concurrencies:
-        seen: dict[str, list[float]] = {s: [] for s in SYSTEMS}
         systems = (*SYSTEMS, "floor") if concurrency == concurrencies[0] else SYSTEMS
+        seen: dict[str, list[float]] = {s: [] for s in systems}
         for round_no in range(rounds):
             for system in systems:
                 flush_redis(servers.redis_url)
@@ -48,7 +48,7 @@ def run(servers: Servers, jobs: int, concurrencies: tuple[int, ...], rounds: int
                 if int(figures["jobs"]) < jobs:
                     raise RuntimeError(f"{system} finished only {figures['jobs']} of {jobs} jobs")
                 rate = float(figures["jobs_per_s"])
-                seen.setdefault(system, []).append(rate)
+                seen[system].append(rate)
                 log(
                     f"core c={concurrency} round {round_no + 1}/{rounds}: {system:8s} {rate:8.0f} jobs/s"
                     f" ({figures['seconds']:.2f}s)"

@@ -89,6 +89,16 @@ def completed(app: App) -> float:
     return float(app.metrics.jobs.labels("completed")._value.get())
 
 
+async def check_drained(app: App, jobs: int) -> int:
+    """The ledger's count of Completed jobs, once it is sure all `jobs` are, and Redis holds none
+    of them ready or leased: a drain that fell short must not print a rate."""
+    finished = int(await app.pool.fetchval("SELECT count(*) FROM jobs WHERE phase = 'Completed'"))
+    depth = await app.queue.depth()
+    if finished != jobs or depth.ready or depth.leased:
+        raise RuntimeError(f"drain incomplete: ledger {finished} of {jobs} completed, redis {depth}")
+    return finished
+
+
 async def main(redis_url: str, database_url: str, jobs: int, concurrency: int, prefix: str) -> dict[str, Any]:
     settings = Settings(
         redis_url=redis_url,
@@ -124,12 +134,9 @@ async def main(redis_url: str, database_url: str, jobs: int, concurrency: int, p
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        finished = await app.pool.fetchval("SELECT count(*) FROM jobs WHERE phase = 'Completed'")
-        depth = await app.queue.depth()
+        finished = await check_drained(app, jobs)
     finally:
         await app.close()
-    if finished != jobs or depth.ready or depth.leased:
-        raise RuntimeError(f"drain incomplete: ledger {finished} completed, redis {depth}")
     return {
         "peer": "relayjob",
         "jobs": jobs,
