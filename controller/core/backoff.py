@@ -1,4 +1,5 @@
-"""Retry delays: exponential with full jitter, capped, and never earlier than a server's Retry-After."""
+"""Retry delays: exponential with full jitter, capped, and never earlier than a server's Retry-After
+(which is capped too)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,6 @@ import random
 from collections.abc import Callable
 
 from controller.model.spec import Backoff
-
-# A Retry-After beyond a day is a misbehaving server, not a plan; we stop trusting it there.
-RETRY_AFTER_CEILING = 86_400.0
 
 
 def retry_delay(
@@ -25,5 +23,6 @@ def retry_delay(
     ceiling = min(backoff.max_seconds, backoff.initial_seconds * backoff.multiplier**retries_so_far)
     delay = ceiling * rand() if backoff.jitter else ceiling
     if retry_after is not None:
-        delay = max(delay, min(retry_after, RETRY_AFTER_CEILING))
+        # A target asking for days is not a plan the job signed up for: `maxSeconds` bounds every wait.
+        delay = max(delay, min(retry_after, backoff.max_seconds))
     return delay

@@ -18,4 +18,8 @@ def test_full_jitter_spans_zero_to_ceiling() -> None:
 
 def test_retry_after_is_a_floor() -> None:
     assert retry_delay(B, 0, retry_after=7, rand=lambda: 0.1) == 7
-    assert retry_delay(B, 0, retry_after=10**9, rand=lambda: 0.1) == 86_400
+
+
+def test_retry_after_is_capped_by_the_jobs_max_seconds() -> None:
+    assert retry_delay(B, 0, retry_after=10**9, rand=lambda: 0.1) == 300
+    assert retry_delay(B, 0, retry_after=float(2**31), rand=lambda: 0.1) == 300
