@@ -11,13 +11,14 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from importlib import resources
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from controller.model.jobs import JobRef, JobRow
+from controller.model.jobs import JobRef, JobRow, SpecChange
 from controller.model.phases import Phase, Reason
 from controller.model.spec import RelayJobSpec
 
@@ -29,6 +30,8 @@ _MIGRATION_LOCK = 0x72656C6179  # "relay": serialises migrations across replicas
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # `spec` is json, not jsonb, so that it keeps numbers as written (see migration 0003).
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -138,7 +141,7 @@ _ROW_COLUMNS = (
     "uid", "namespace", "name", "seq", "phase", "generation", "nullifier", "attempts", "retries",
     "max_attempts", "next_attempt_at", "last_error", "result", "reason", "message",
     "redrive_token", "created_at", "queued_at", "started_at", "finished_at", "run", "version",
-    "deleted_at",
+    "deleted_at", "priority", "suspend",
 )  # fmt: skip
 
 
@@ -174,6 +177,8 @@ def to_row(record: asyncpg.Record, spec: RelayJobSpec | None = None) -> JobRow:
             "run": record["run"],
             "version": record["version"],
             "deleted": record["deleted_at"] is not None,
+            "priority": record["priority"],
+            "suspend": record["suspend"],
         }
     )
 
@@ -185,7 +190,7 @@ def to_row(record: asyncpg.Record, spec: RelayJobSpec | None = None) -> JobRow:
 # (one per attempt since the last vacuum) made every batch cost more than the one before.
 START_ATTEMPTS = (
     "WITH claimed AS ("
-    "   SELECT uid, phase, attempts, max_attempts, run, deleted_at FROM jobs"
+    "   SELECT uid, phase, attempts, max_attempts, run, deleted_at, suspend FROM jobs"
     "   WHERE uid = ANY($1::uuid[]) FOR UPDATE),"
     " live AS ("
     "   SELECT * FROM claimed WHERE deleted_at IS NULL AND phase = ANY($2::text[])),"
@@ -199,7 +204,16 @@ START_ATTEMPTS = (
     "   started_at = now(), next_attempt_at = NULL, reason = 'Started',"
     "   message = 'attempt ' || (j.attempts + 1) || ' started',"
     "   version = j.version + 1, updated_at = now()"
-    "   FROM live l WHERE j.uid = l.uid"
+    "   FROM live l WHERE j.uid = l.uid AND NOT l.suspend"
+    "   AND NOT (l.phase = 'Processing' AND l.attempts >= l.max_attempts)"
+    "   RETURNING j.*),"
+    # Suspended while its attempt ran, and that attempt's worker died: no further attempt.
+    " suspended AS ("
+    "   UPDATE jobs j SET phase = 'Suspended', reason = 'Suspended',"
+    "   message = 'attempt ' || j.attempts || ' lost its lease; no further attempt while"
+    " spec.suspend is true', next_attempt_at = NULL,"
+    "   version = j.version + 1, updated_at = now()"
+    "   FROM live l WHERE j.uid = l.uid AND l.suspend"
     "   AND NOT (l.phase = 'Processing' AND l.attempts >= l.max_attempts)"
     "   RETURNING j.*),"
     " opened AS ("
@@ -215,7 +229,8 @@ START_ATTEMPTS = (
     "   FROM live l WHERE j.uid = l.uid"
     "   AND l.phase = 'Processing' AND l.attempts >= l.max_attempts"
     "   RETURNING j.*)"
-    " SELECT true AS opened, * FROM started UNION ALL SELECT false, * FROM exhausted"
+    " SELECT 'started' AS kind, * FROM started UNION ALL SELECT 'exhausted', * FROM exhausted"
+    " UNION ALL SELECT 'suspended', * FROM suspended"
 )
 
 # Record a batch of outcomes, fenced by (run, attempt) (see `Ledger.settle`). One statement: the
@@ -228,10 +243,17 @@ SETTLE = (
     "   $6::text[], $7::timestamptz[], $8::text[], $9::text[], $10::text[])"
     "   AS g(uid, run, attempt, phase, reason, message, next_at, result, error, outcome)),"
     " held AS ("
-    "   SELECT uid, run, attempts, phase, deleted_at FROM jobs WHERE uid = ANY($1::uuid[])"
+    "   SELECT uid, run, attempts, phase, deleted_at, suspend FROM jobs WHERE uid = ANY($1::uuid[])"
     "   FOR UPDATE),"
     " u AS ("
-    "   SELECT g.* FROM given g JOIN held h ON h.uid = g.uid AND h.run = g.run"
+    "   SELECT g.uid, g.run, g.attempt, g.next_at, g.result, g.error, g.outcome,"
+    "   g.reason AS given_reason, g.message AS given_message,"
+    # A retry decided for a job suspended while its attempt ran is held back instead ($11..$13).
+    "   CASE WHEN h.suspend AND g.phase = 'Retrying' THEN $11 ELSE g.phase END AS phase,"
+    "   CASE WHEN h.suspend AND g.phase = 'Retrying' THEN $12 ELSE g.reason END AS reason,"
+    "   CASE WHEN h.suspend AND g.phase = 'Retrying' THEN g.message || $13"
+    "     ELSE g.message END AS message"
+    "   FROM given g JOIN held h ON h.uid = g.uid AND h.run = g.run"
     "   AND h.attempts = g.attempt AND h.phase = 'Processing' AND h.deleted_at IS NULL),"
     " recorded AS ("
     "   UPDATE jobs j SET phase = u.phase, reason = u.reason, message = u.message,"
@@ -248,7 +270,7 @@ SETTLE = (
     "   version = j.version + 1, updated_at = now()"
     "   FROM u WHERE j.uid = u.uid"
     f"   RETURNING {', '.join(f'j.{c}' for c in _ROW_COLUMNS)},"
-    "   u.outcome AS a_outcome, u.reason AS a_reason, u.message AS a_message,"
+    "   u.outcome AS a_outcome, u.given_reason AS a_reason, u.given_message AS a_message,"
     "   u.result AS a_result),"
     " closed AS ("
     "   UPDATE attempts a SET outcome = r.a_outcome, reason = r.a_reason,"
@@ -288,7 +310,7 @@ class NewJob:
 
 _NEW_JOB_COLUMNS = (
     "uid, namespace, name, generation, spec, phase, nullifier, nullifier_state, max_attempts,"
-    " next_attempt_at, reason, message, ttl_seconds"
+    " next_attempt_at, reason, message, ttl_seconds, priority, suspend"
 )
 
 
@@ -308,6 +330,8 @@ def _new_job_values(job: NewJob, spec: object) -> tuple[object, ...]:
         job.reason.value,
         job.message,
         job.spec.ttl_seconds_after_finished,
+        job.spec.priority,
+        job.spec.suspend,
     )
 
 
@@ -327,9 +351,31 @@ class Refusal:
 
 @dataclass(frozen=True)
 class StartBatch:
+    """What opening attempts found: rows now Processing, rows dead-lettered because their last
+    attempt lost its lease, rows suspended instead of started, and ids with no active row."""
+
     started: list[JobRow]
     exhausted: list[JobRow]
+    suspended: list[JobRow]
     stale: list[str]
+
+
+class RedriveVerdict(StrEnum):
+    REDRIVEN = "Redriven"
+    NOT_DEAD_LETTERED = "NotDeadLettered"
+    SEEN_BEFORE = "SeenBefore"
+    NULLIFIER_HELD = "NullifierHeld"
+    UNKNOWN_JOB = "UnknownJob"
+
+
+@dataclass(frozen=True)
+class Redrive:
+    """What `Ledger.redrive` did with a value: the verdict, the row when it changed, and the phase
+    the job was in when the value arrived."""
+
+    verdict: RedriveVerdict
+    row: JobRow | None
+    phase: Phase | None = None
 
 
 @dataclass(frozen=True)
@@ -349,6 +395,7 @@ class Settle:
 
 
 _TOUCH = "version = version + 1, updated_at = now()"
+SUSPENDED_RETRY_NOTE = "; not retried while spec.suspend is true"
 
 
 class Ledger:
@@ -375,9 +422,9 @@ class Ledger:
         records = await self.pool.fetch(
             f"INSERT INTO jobs ({_NEW_JOB_COLUMNS}, queued_at)"
             " SELECT *, CASE WHEN phase = 'Queued' THEN now() END FROM unnest("
-            " $1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[]::jsonb[], $6::text[],"
+            " $1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[]::json[], $6::text[],"
             " $7::text[], $8::text[], $9::int[], $10::timestamptz[], $11::text[], $12::text[],"
-            f" $13::int[]) AS n({_NEW_JOB_COLUMNS})"
+            f" $13::int[], $14::int[], $15::bool[]) AS n({_NEW_JOB_COLUMNS})"
             " ON CONFLICT DO NOTHING RETURNING *",
             *zip(*(_new_job_values(job, json.dumps(job.raw_spec)) for job in jobs), strict=True),
         )
@@ -395,7 +442,7 @@ class Ledger:
             for _ in range(5):
                 record = await conn.fetchrow(
                     f"INSERT INTO jobs ({_NEW_JOB_COLUMNS}, queued_at)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
                     " CASE WHEN $6 = 'Queued' THEN now() END)"
                     " ON CONFLICT DO NOTHING RETURNING *",
                     *_new_job_values(job, raw_spec),
@@ -406,18 +453,20 @@ class Ledger:
                 if existing is not None:
                     return Admission(to_row(existing), created=False)
                 holder = await conn.fetchrow(
-                    "SELECT namespace, name, nullifier_state FROM jobs"
-                    " WHERE nullifier = $1 AND nullifier_state IS NOT NULL",
+                    "SELECT name, nullifier_state FROM jobs"
+                    " WHERE namespace = $1 AND nullifier = $2 AND nullifier_state IS NOT NULL",
+                    ref.namespace,
                     spec.nullifier,
                 )
                 if holder is None:
                     continue  # the holder released it between our two statements: try again
                 spent = holder["nullifier_state"] == "spent"
                 why = Reason.NULLIFIER_SPENT if spent else Reason.NULLIFIER_IN_USE
+                # Nullifiers are per namespace, so the holder is in this job's namespace: naming it
+                # tells the user nothing they may not read.
                 text = (
                     f"nullifier {spec.nullifier!r} is "
-                    f"{'already spent' if spent else 'reserved'} by RelayJob "
-                    f"{holder['namespace']}/{holder['name']}"
+                    f"{'already spent' if spent else 'reserved'} by RelayJob {holder['name']}"
                 )
                 return await self._record_refusal(conn, ref, raw_spec, generation, spec, why, text)
         raise RuntimeError(f"could not admit {ref}: nullifier {spec.nullifier!r} kept changing hands")
@@ -478,10 +527,16 @@ class Ledger:
         Ids with no live, active ledger row are stale.
         """
         records = await self.pool.fetch(START_ATTEMPTS, [UUID(u) for u in uids], list(ACTIVE), self.worker_id)
-        started = [to_row(r) for r in records if r["opened"]]
-        exhausted = [to_row(r) for r in records if not r["opened"]]
+        by_kind: dict[str, list[JobRow]] = {"started": [], "exhausted": [], "suspended": []}
+        for record in records:
+            by_kind[record["kind"]].append(to_row(record))
         found = {str(r["uid"]) for r in records}
-        return StartBatch(started, exhausted, [u for u in uids if u not in found])
+        return StartBatch(
+            by_kind["started"],
+            by_kind["exhausted"],
+            by_kind["suspended"],
+            [u for u in uids if u not in found],
+        )
 
     async def settle(self, items: Sequence[Settle], specs: Mapping[UUID, RelayJobSpec]) -> list[JobRow]:
         """Record outcomes; returns the rows that took effect, with the specs the caller gave (a
@@ -501,51 +556,90 @@ class Ledger:
             [i.error for i in items],
             [i.outcome for i in items],
         )
-        records = await self.pool.fetch(SETTLE, *cols)
+        records = await self.pool.fetch(
+            SETTLE, *cols, Phase.SUSPENDED.value, Reason.SUSPENDED.value, SUSPENDED_RETRY_NOTE
+        )
         return [to_row(r, specs[r["uid"]]) for r in records]
 
-    async def redrive(self, uid: UUID, token: str) -> JobRow | None:
-        """Re-queue a dead-lettered job with its attempts reset; earlier attempts stay recorded
-        under the previous run. Returns None when the job is not dead-lettered or the token was
-        already used, or when its nullifier has been taken by another job meanwhile."""
-        try:
-            record = await self.pool.fetchrow(
-                f"UPDATE jobs SET phase = 'Queued', run = run + 1, attempts = 0, retries = 0,"
-                f" redrive_token = $2, reason = 'Redriven', message = 're-driven by annotation',"
-                f" next_attempt_at = NULL, finished_at = NULL, queued_at = now(),"
-                f" nullifier_state = CASE WHEN nullifier IS NULL THEN NULL ELSE 'reserved' END,"
-                f" {_TOUCH} WHERE uid = $1 AND phase = 'DeadLettered' AND deleted_at IS NULL"
-                f" AND redrive_token IS DISTINCT FROM $2 RETURNING *",
-                uid,
-                token,
-            )
-        except asyncpg.UniqueViolationError:
-            record = await self.pool.fetchrow(
-                f"UPDATE jobs SET redrive_token = $2, message = 'cannot re-drive: nullifier '"
-                f" || nullifier || ' is held by another RelayJob', {_TOUCH}"
-                f" WHERE uid = $1 RETURNING *",
-                uid,
-                token,
-            )
-            return to_row(record) if record else None
-        return to_row(record) if record else None
+    async def redrive(self, uid: UUID, value: str) -> Redrive:
+        """Act on a `relay.dev/redrive` value: the first time the job carries it, and only then.
 
-    async def set_suspended(self, uid: UUID, suspend: bool) -> JobRow | None:
-        """Suspend a waiting job or resume a suspended one; an attempt in flight is not touched."""
-        if suspend:
-            sql = (
-                f"UPDATE jobs SET phase = 'Suspended', reason = 'Suspended',"
-                f" message = 'spec.suspend is true', {_TOUCH}"
-                f" WHERE uid = $1 AND phase IN ('Queued', 'Retrying') AND deleted_at IS NULL"
-                f" RETURNING *"
+        Every value seen is recorded (table `redrives`), whatever the job's phase, so a value is
+        acted on at most once across restarts and replicas. A dead-lettered job is re-queued with
+        its attempts reset (earlier attempts stay recorded under the previous run) and its
+        nullifier reserved again; if another job of its namespace took that nullifier meanwhile,
+        the job stays dead-lettered and says why. Returns what happened (`Redrive.verdict`) and
+        the row when it changed."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchrow(
+                "SELECT phase FROM jobs WHERE uid = $1 AND deleted_at IS NULL FOR UPDATE", uid
             )
-        else:
-            sql = (
-                f"UPDATE jobs SET phase = 'Queued', reason = 'Admitted',"
-                f" message = 'resumed', queued_at = COALESCE(queued_at, now()), {_TOUCH}"
-                f" WHERE uid = $1 AND phase = 'Suspended' AND deleted_at IS NULL RETURNING *"
+            if current is None:
+                return Redrive(RedriveVerdict.UNKNOWN_JOB, None)
+            phase = Phase(current["phase"])
+            first = await conn.fetchval(
+                "INSERT INTO redrives (job_uid, value, acted) VALUES ($1, $2, $3)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                uid,
+                value,
+                phase is Phase.DEAD_LETTERED,
             )
-        record = await self.pool.fetchrow(sql, uid)
+            if not first:
+                record = await conn.fetchrow(
+                    "UPDATE jobs SET redrive_token = $2 WHERE uid = $1 RETURNING *", uid, value
+                )
+                return Redrive(RedriveVerdict.SEEN_BEFORE, to_row(record), phase)
+            if phase is not Phase.DEAD_LETTERED:
+                record = await conn.fetchrow(
+                    f"UPDATE jobs SET redrive_token = $2, {_TOUCH} WHERE uid = $1 RETURNING *", uid, value
+                )
+                return Redrive(RedriveVerdict.NOT_DEAD_LETTERED, to_row(record), phase)
+            try:
+                async with conn.transaction():
+                    record = await conn.fetchrow(
+                        f"UPDATE jobs SET phase = 'Queued', run = run + 1, attempts = 0, retries = 0,"
+                        f" redrive_token = $2, reason = 'Redriven', message = 're-driven by annotation',"
+                        f" next_attempt_at = NULL, finished_at = NULL, queued_at = now(),"
+                        f" nullifier_state = CASE WHEN nullifier IS NULL THEN NULL ELSE 'reserved' END,"
+                        f" {_TOUCH} WHERE uid = $1 RETURNING *",
+                        uid,
+                        value,
+                    )
+                return Redrive(RedriveVerdict.REDRIVEN, to_row(record), phase)
+            except asyncpg.UniqueViolationError:
+                record = await conn.fetchrow(
+                    f"UPDATE jobs SET redrive_token = $2, message = 'cannot re-drive: nullifier '"
+                    f" || nullifier || ' is held by another RelayJob of this namespace', {_TOUCH}"
+                    f" WHERE uid = $1 RETURNING *",
+                    uid,
+                    value,
+                )
+                return Redrive(RedriveVerdict.NULLIFIER_HELD, to_row(record), phase)
+
+    async def follow(self, uid: UUID, change: SpecChange) -> JobRow | None:
+        """Apply a newer generation of the job's mutable fields (batch/v1 Job's model): priority,
+        ttlSecondsAfterFinished and suspend. Suspending moves a waiting job (Queued, Retrying) to
+        Suspended at once; a job Processing keeps running and is held after its attempt (see
+        SETTLE and START_ATTEMPTS); resuming re-queues a Suspended job. Returns the new row, or
+        None when the ledger has already acted on this generation (or the job is gone)."""
+        record = await self.pool.fetchrow(
+            "UPDATE jobs SET generation = $2, priority = $3, ttl_seconds = $4, suspend = $5,"
+            " phase = CASE WHEN $5 AND phase IN ('Queued', 'Retrying') THEN 'Suspended'"
+            "   WHEN NOT $5 AND phase = 'Suspended' THEN 'Queued' ELSE phase END,"
+            " reason = CASE WHEN $5 AND phase IN ('Queued', 'Retrying') THEN 'Suspended'"
+            "   WHEN NOT $5 AND phase = 'Suspended' THEN 'Resumed' ELSE reason END,"
+            " message = CASE WHEN $5 AND phase IN ('Queued', 'Retrying') THEN 'spec.suspend is true'"
+            "   WHEN NOT $5 AND phase = 'Suspended' THEN 'resumed: spec.suspend is false'"
+            "   ELSE message END,"
+            " queued_at = CASE WHEN NOT $5 AND phase = 'Suspended' THEN COALESCE(queued_at, now())"
+            "   ELSE queued_at END,"
+            f" {_TOUCH} WHERE uid = $1 AND deleted_at IS NULL AND generation < $2 RETURNING *",
+            uid,
+            change.generation,
+            change.priority,
+            change.ttl_seconds,
+            change.suspend,
+        )
         return to_row(record) if record else None
 
     async def cancel(self, uid: UUID) -> JobRow | None:
@@ -604,7 +698,7 @@ class Ledger:
         of them, and building full rows (spec validation included) stalled the loop for seconds
         at tens of thousands of jobs."""
         records = await self.pool.fetch(
-            "SELECT uid, seq, COALESCE((spec->>'priority')::int, 0) AS priority, phase,"
+            "SELECT uid, seq, priority, phase,"
             " next_attempt_at, queued_at, started_at"
             " FROM jobs WHERE deleted_at IS NULL AND phase = ANY($1::text[])",
             list(ACTIVE),

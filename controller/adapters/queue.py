@@ -42,9 +42,10 @@ end
 return out
 """.replace("PROMOTE_LIMIT", str(PROMOTE_LIMIT))
 
-# Put jobs where the ledger says they belong. mode 'force' (admission, re-drive) moves a uid that
-# is not leased; mode 'missing' (rebuild after Redis loss) only adds a uid found nowhere, so a
-# rebuild never duplicates a queued or leased job.
+# Put jobs where the ledger says they belong. mode 'force' (admission, re-drive, a new priority)
+# moves a uid that is not leased, and gives a leased one its new score for when it is next queued;
+# mode 'missing' (rebuild after Redis loss) only adds a uid found nowhere, so a rebuild never
+# duplicates a queued or leased job.
 _PLACE = """
 local ready, delayed, leased, score, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, mode = tonumber(ARGV[1]), ARGV[2]
@@ -53,7 +54,9 @@ for i = 3, #ARGV, 3 do
   local uid, s, at = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local leased_now = redis.call('ZSCORE', leased, uid)
   local present = leased_now or redis.call('ZSCORE', ready, uid) or redis.call('ZSCORE', delayed, uid)
-  if not leased_now and (mode == 'force' or not present) then
+  if leased_now and mode == 'force' then
+    redis.call('HSET', score, uid, s)
+  elseif not leased_now and (mode == 'force' or not present) then
     redis.call('HSET', score, uid, s)
     redis.call('ZREM', dead, uid)
     if at > now then

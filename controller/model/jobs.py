@@ -47,6 +47,7 @@ class JobRow(BaseModel):
     result: dict[str, Any] | None
     reason: str | None
     message: str | None
+    # The last relay.dev/redrive value seen (acted on or ignored); the ledger keeps every one.
     redrive_token: str | None
     created_at: datetime
     queued_at: datetime | None
@@ -55,6 +56,10 @@ class JobRow(BaseModel):
     run: int = 1
     version: int = 1
     deleted: bool = False
+    # The mutable fields as last acted on (the spec holds them as admitted): `priority` places the
+    # job in the queue; `suspend` holds it back from its next attempt.
+    priority: int = 0
+    suspend: bool = False
 
     @property
     def spec(self) -> RelayJobSpec:
@@ -62,6 +67,17 @@ class JobRow(BaseModel):
         if self.spec_or_none is None:
             raise ValueError(f"{self.ref} was rejected with an invalid spec")
         return self.spec_or_none
+
+
+class SpecChange(BaseModel):
+    """The fields of a RelayJob that may change after creation, as of one generation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    generation: int
+    priority: int
+    ttl_seconds: int | None
+    suspend: bool
 
 
 class Outcome(StrEnum):
@@ -117,6 +133,14 @@ class ClusterApi(Protocol):
 
 class SecretNotFound(Exception):
     """A Secret or key named by `headersFrom` is missing: a permanent failure of the attempt."""
+
+
+class SecretForbidden(Exception):
+    """The operator may not read a Secret named by `headersFrom` (RBAC): a permanent failure."""
+
+
+class SecretUnavailable(Exception):
+    """The API server did not answer for a Secret just now: the attempt may be retried."""
 
 
 class Executor(Protocol):

@@ -13,10 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from controller.adapters.ledger import UNSTORABLE, Admission, Ledger, NewJob, Refusal
+from controller.adapters.kube import FIELD_MANAGER
+from controller.adapters.ledger import UNSTORABLE, Admission, Ledger, NewJob, RedriveVerdict, Refusal
 from controller.adapters.metrics import Metrics
 from controller.adapters.queue import Placement, Queue
 from controller.core.admission import Admitted, admit
+from controller.core.changes import follow, ignored_message
+from controller.core.lifecycle import status_agrees
 from controller.core.scoring import ready_score
 from controller.model.jobs import JobRef, JobRow
 from controller.model.phases import Phase, Reason
@@ -30,6 +33,21 @@ log = logging.getLogger("relayjob.admission")
 REDRIVE_ANNOTATION = "relay.dev/redrive"
 
 
+def status_written_by_another(meta: Mapping[str, Any]) -> bool:
+    """Whether the RelayJob's status was last written by a client other than the operator.
+
+    Status is one atomic value (the CRD says so), so its owner in `managedFields` is whoever last
+    changed it: normally us; after `kubectl patch --subresource=status`, that client."""
+    for entry in meta.get("managedFields") or ():
+        if (
+            entry.get("subresource") == "status"
+            and entry.get("manager") != FIELD_MANAGER
+            and "f:status" in (entry.get("fieldsV1") or {})
+        ):
+            return True
+    return False
+
+
 def placement_for(uid: UUID, priority: int, seq: int, next_attempt_at: datetime | None) -> Placement:
     """Where the ledger says a waiting job belongs in Redis."""
     return Placement(
@@ -40,7 +58,7 @@ def placement_for(uid: UUID, priority: int, seq: int, next_attempt_at: datetime 
 
 
 def placement(row: JobRow) -> Placement:
-    return placement_for(row.ref.uid, row.spec.priority, row.seq, row.next_attempt_at)
+    return placement_for(row.ref.uid, row.priority, row.seq, row.next_attempt_at)
 
 
 def _created(meta: Mapping[str, Any]) -> datetime:
@@ -68,18 +86,23 @@ class Admissions:
         self.events = events
         self.metrics = metrics
         self.payload_limit = payload_limit
-        self._seen: dict[UUID, tuple[int, str | None, bool]] = {}
+        self._seen: dict[UUID, tuple[int, str | None]] = {}
         self.intake = Intake(ledger, queue, placement, self._placed)
 
     async def observe(self, body: Mapping[str, Any]) -> None:
+        """Reconcile one RelayJob as a watch event delivered it: admit it the first time, then act
+        on each new generation (mutable fields) and re-drive value, and repair a status that
+        another client wrote."""
         meta = body.get("metadata") or {}
         ref = JobRef(uid=UUID(meta["uid"]), namespace=meta["namespace"], name=meta["name"])
         spec = dict(body.get("spec") or {})
         generation = int(meta.get("generation") or 1)
         redrive = (meta.get("annotations") or {}).get(REDRIVE_ANNOTATION)
-        suspend = bool(spec.get("suspend", False))
-        key = (generation, redrive, suspend)
+        key = (generation, redrive)
         if self._seen.get(ref.uid) == key:
+            # Mostly our own status patches coming back: cheap unless someone else wrote status.
+            if status_written_by_another(meta):
+                self._repair(ref)
             return
         # A uid this process has never seen is most likely new: admission's INSERT is idempotent
         # by uid and returns the existing row otherwise, so a read first would only cost a round trip.
@@ -88,11 +111,15 @@ class Admissions:
         if row is None:
             row, created = await self._admit(ref, spec, generation, _created(meta))
         if not created:
-            row = await self._follow(row, redrive, suspend)
-            status = body.get("status") or {}
-            if status.get("phase") != row.phase.value or status.get("attempts") != row.attempts:
-                self.status.mark([ref.uid])
+            row = await self._follow(row, spec, generation, redrive)
+            if not status_agrees(body.get("status") or {}, row) or status_written_by_another(meta):
+                self._repair(ref)
         self._seen[ref.uid] = key
+
+    def _repair(self, ref: JobRef) -> None:
+        log.warning("status disagrees with the ledger; rewriting it", extra=job_fields(ref))
+        self.metrics.status_repairs.inc()
+        self.status.repair([ref.uid])
 
     async def _admit(
         self, ref: JobRef, raw: dict[str, Any], generation: int, created: datetime
@@ -149,33 +176,74 @@ class Admissions:
         self.worker.wake()
         self.status.offer(rows)
 
-    async def _follow(self, row: JobRow, redrive: str | None, suspend: bool) -> JobRow:
-        """Changes a user makes after admission: a re-drive annotation, `spec.suspend`."""
-        uid = row.ref.uid
-        if redrive and redrive != row.redrive_token and row.phase is Phase.DEAD_LETTERED:
-            redriven = await self.ledger.redrive(uid, redrive)
-            if redriven is not None:
-                row = redriven
-                if row.phase is Phase.QUEUED:
-                    await self.queue.place([placement(row)], int(time.time() * 1000))
-                    self.worker.wake()
-                    log.info("job re-driven", extra=job_fields(row.ref))
-                    self.events.post(row.ref, "Normal", "Redriven", "re-queued with attempts reset")
-                self.status.mark([uid])
-        if suspend and row.phase in (Phase.QUEUED, Phase.RETRYING):
-            changed = await self.ledger.set_suspended(uid, True)
-            if changed is not None:
-                row = changed
-                await self.queue.remove([str(uid)])
-                self.status.mark([uid])
-        elif not suspend and row.phase is Phase.SUSPENDED:
-            changed = await self.ledger.set_suspended(uid, False)
-            if changed is not None:
-                row = changed
-                await self.queue.place([placement(row)], int(time.time() * 1000))
-                self.worker.wake()
-                self.status.mark([uid])
+    async def _follow(self, row: JobRow, raw: dict[str, Any], generation: int, redrive: str | None) -> JobRow:
+        """Changes a user makes after admission: a re-drive value, a new generation of the spec."""
+        if redrive and redrive != row.redrive_token:
+            row = await self._redrive(row, redrive)
+        if generation > row.generation:
+            row = await self._change(row, raw, generation)
         return row
+
+    async def _redrive(self, row: JobRow, value: str) -> JobRow:
+        """Act on a `relay.dev/redrive` value the ledger has not seen on this job; say why not
+        when the job is not dead-lettered (the value stays recorded, so it never fires later)."""
+        done = await self.ledger.redrive(row.ref.uid, value)
+        if done.row is None:
+            return row
+        row = done.row
+        shown = f"{REDRIVE_ANNOTATION}={value!r}"
+        if done.verdict is RedriveVerdict.REDRIVEN:
+            await self.queue.place([placement(row)], int(time.time() * 1000))
+            self.worker.wake()
+            log.info("job re-driven", extra=job_fields(row.ref))
+            self.events.post(row.ref, "Normal", Reason.REDRIVEN, f"{shown}: re-queued with attempts reset")
+        elif done.verdict is RedriveVerdict.NOT_DEAD_LETTERED:
+            self.events.post(
+                row.ref,
+                "Normal",
+                Reason.REDRIVE_IGNORED,
+                f"{shown} ignored: the job was {done.phase}, not DeadLettered; the value is recorded "
+                "and will not act later: set a new value once the job is DeadLettered",
+            )
+        elif done.verdict is RedriveVerdict.SEEN_BEFORE:
+            self.events.post(
+                row.ref,
+                "Normal",
+                Reason.REDRIVE_IGNORED,
+                f"{shown} ignored: this value was already seen on this job; set a new value to re-drive",
+            )
+        else:
+            self.events.post(row.ref, "Warning", Reason.REDRIVE_IGNORED, f"{shown} ignored: {row.message}")
+        self.status.offer([row])
+        return row
+
+    async def _change(self, row: JobRow, raw: dict[str, Any], generation: int) -> JobRow:
+        """Apply a new generation's mutable fields, in the ledger first and then in Redis."""
+        followed = follow(row.spec_or_none, raw, generation)
+        changed = await self.ledger.follow(row.ref.uid, followed.change)
+        if changed is None:
+            return row
+        if followed.ignored:
+            self.events.post(
+                changed.ref, "Warning", Reason.SPEC_CHANGE_IGNORED, ignored_message(followed.ignored)
+            )
+        uid = str(changed.ref.uid)
+        now_ms = int(time.time() * 1000)
+        if changed.phase is Phase.SUSPENDED and row.phase is not Phase.SUSPENDED:
+            await self.queue.remove([uid])
+            self.events.post(
+                changed.ref, "Normal", Reason.SUSPENDED, "spec.suspend is true: no attempt starts"
+            )
+        elif row.phase is Phase.SUSPENDED and changed.phase is Phase.QUEUED:
+            await self.queue.place([placement(changed)], now_ms)
+            self.worker.wake()
+            self.events.post(changed.ref, "Normal", Reason.RESUMED, "spec.suspend is false: queued again")
+        elif changed.priority != row.priority and changed.phase.active:
+            # A waiting job moves to its new place; a leased one keeps its lease and gets the new
+            # place when it is next queued (a retry, or an expired lease).
+            await self.queue.place([placement(changed)], now_ms)
+        self.status.offer([changed])
+        return changed
 
     async def forget(self, uid: UUID) -> None:
         """The RelayJob was deleted: cancel an attempt in flight, leave nothing queued or held."""

@@ -72,6 +72,14 @@ class StatusWriter:
             self._dirty[uid] = now
         self._kick()
 
+    def repair(self, uids: Iterable[UUID]) -> None:
+        """These RelayJobs show a status the ledger did not give them (another client wrote it):
+        write them again from the ledger, even at a version this process has written before."""
+        uids = list(uids)
+        for uid in uids:
+            self._written.pop(uid, None)
+        self.mark(uids)
+
     def offer(self, rows: Iterable[JobRow]) -> None:
         """Rows the ledger just returned from a write: written as they are, without reading them
         again (a newer transition from elsewhere is caught by the version check after the write)."""

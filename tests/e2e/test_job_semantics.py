@@ -7,12 +7,11 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controller.sandbox.operator_process import OperatorProcess
+from tests.e2e.jobs import apply, get, wait_all, wait_phase
 from tests.support.target import Target, ThreadedTarget
 
 pytestmark = pytest.mark.e2e
@@ -30,63 +29,6 @@ def namespace(control_plane: Any) -> str:
     name = f"sem-{uuid.uuid4().hex[:8]}"
     control_plane.kubectl("create", "namespace", name)
     return name
-
-
-@pytest.fixture
-def start_operator(operator_env: dict[str, str], namespace: str, tmp_path: Path) -> Iterator[Any]:
-    started: list[OperatorProcess] = []
-
-    def start(name: str = "op", **extra: str) -> OperatorProcess:
-        env = {**operator_env, "RELAY_NAMESPACES": namespace, **extra}
-        process = OperatorProcess(env, tmp_path / f"{name}.log").start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
-
-
-def apply(kube: Any, ns: str, jobs: dict[str, dict[str, Any]]) -> None:
-    docs = [
-        json.dumps(
-            {"apiVersion": "relay.dev/v1alpha1", "kind": "RelayJob", "metadata": {"name": name}, "spec": spec}
-        )
-        for name, spec in jobs.items()
-    ]
-    kube.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(docs), timeout=300)
-
-
-def get(kube: Any, ns: str, name: str) -> dict[str, Any]:
-    return dict(json.loads(kube.kubectl("get", "-n", ns, f"rj/{name}", "-o", "json").stdout))
-
-
-def all_jobs(kube: Any, ns: str) -> list[dict[str, Any]]:
-    return list(json.loads(kube.kubectl("get", "-n", ns, "rj", "-o", "json", timeout=300).stdout)["items"])
-
-
-def wait_phase(kube: Any, ns: str, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        obj = get(kube, ns, name)
-        if obj.get("status", {}).get("phase") == phase:
-            return obj
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name} is {obj.get('status')}, not {phase}")
-        time.sleep(0.3)
-
-
-def wait_all(kube: Any, ns: str, phase: str, count: int, timeout: float) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        items = all_jobs(kube, ns)
-        done = [i for i in items if i.get("status", {}).get("phase") == phase]
-        if len(done) >= count:
-            return items
-        if time.monotonic() > deadline:
-            phases = sorted({i.get("status", {}).get("phase", "-") for i in items})
-            raise AssertionError(f"{len(done)} of {count} are {phase}; phases seen: {phases}")
-        time.sleep(1)
 
 
 def test_sigkill_mid_flight_then_restart(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 
 import asyncpg
 import pytest
 
 from controller.adapters import ledger as ledger_mod
-from controller.adapters.ledger import Ledger, NewJob, Settle
+from controller.adapters.ledger import Ledger, NewJob, RedriveVerdict, Settle
+from controller.model.jobs import SpecChange
 from controller.model.phases import Phase, Reason
 from controller.model.spec import RelayJobSpec
 from tests.integration.conftest import new_ref, succeeded
@@ -18,6 +20,8 @@ from tests.integration.conftest import new_ref, succeeded
 pytestmark = pytest.mark.integration
 
 RAW = {"target": {"noop": {}}, "maxAttempts": 3}
+# PostgreSQL's JSON parser recurses, and stops at its stack depth limit (max_stack_depth, 2 MB).
+DEEPER_THAN_POSTGRES_PARSES = 30_000
 
 
 @pytest.fixture
@@ -150,7 +154,8 @@ async def test_admit_many_creates_only_what_is_new(pool: asyncpg.Pool) -> None:
 
 async def test_admit_many_refuses_a_batch_it_cannot_store_whole(pool: asyncpg.Pool) -> None:
     ledger = Ledger(pool, "w1")
-    unstorable = {"target": {"http": {"url": "http://127.0.0.1:9/", "headers": {"X-A": "a\x00b"}}}}
+    # More than the ledger's int4 column holds: only a CRD without the int32 format lets it through.
+    unstorable = {"target": {"noop": {}}, "ttlSecondsAfterFinished": 2**40}
     with pytest.raises(ledger_mod.UNSTORABLE):
         await ledger.admit_many([new_job(name="good"), new_job(unstorable, "bad")])
     assert await pool.fetchval("SELECT count(*) FROM jobs") == 0
@@ -179,7 +184,9 @@ async def test_nullifier_released_by_dead_letter_and_spent_by_completion(pool: a
     third = (await admit(ledger, raw, "c")).row
     assert (third.phase, third.reason) == (Phase.REJECTED, "NullifierSpent")
     # A dead-lettered holder cannot be re-driven while another job has spent its nullifier.
-    assert (await ledger.redrive(holder.ref.uid, "r1")).phase is Phase.DEAD_LETTERED
+    refused = await ledger.redrive(holder.ref.uid, "r1")
+    assert refused.verdict is RedriveVerdict.NULLIFIER_HELD
+    assert refused.row is not None and refused.row.phase is Phase.DEAD_LETTERED
 
 
 async def test_redrive_resets_attempts_and_keeps_history(pool: asyncpg.Pool) -> None:
@@ -187,10 +194,10 @@ async def test_redrive_resets_attempts_and_keeps_history(pool: asyncpg.Pool) -> 
     row = (await admit(ledger, {"target": {"noop": {}}, "maxAttempts": 1})).row
     await ledger.start_attempts([str(row.ref.uid)])
     await finish(ledger, row.ref.uid, Phase.DEAD_LETTERED, "permanent")
-    redriven = await ledger.redrive(row.ref.uid, "token-1")
-    assert redriven is not None
-    assert (redriven.phase, redriven.attempts, redriven.run) == (Phase.QUEUED, 0, 2)
-    assert await ledger.redrive(row.ref.uid, "token-1") is None
+    done = await ledger.redrive(row.ref.uid, "token-1")
+    assert done.verdict is RedriveVerdict.REDRIVEN and done.row is not None
+    assert (done.row.phase, done.row.attempts, done.row.run) == (Phase.QUEUED, 0, 2)
+    assert (await ledger.redrive(row.ref.uid, "token-1")).verdict is RedriveVerdict.SEEN_BEFORE
     await ledger.start_attempts([str(row.ref.uid)])
     history = await ledger.attempts_of(row.ref.uid)
     assert [(a["run"], a["attempt"]) for a in history] == [(1, 1), (2, 1)]
@@ -207,9 +214,17 @@ async def test_cancel_releases_reserved_nullifier(pool: asyncpg.Pool) -> None:
 
 async def test_refusal_is_recorded_even_when_the_spec_cannot_be(pool: asyncpg.Pool) -> None:
     ledger = Ledger(pool, "w1")
-    raw = {"target": {"noop": {}}, "payload": {"x": "nul\x00"}}
-    refusal = ledger_mod.Refusal(Reason.INVALID_SPEC, "spec.payload contains a NUL character")
-    admission = await ledger.refuse(new_ref("nul"), raw, 1, refusal)
+    deep: dict = {}
+    for _ in range(DEEPER_THAN_POSTGRES_PARSES):
+        deep = {"k": deep}
+    raw = {"target": {"noop": {}}, "payload": deep}
+    refusal = ledger_mod.Refusal(Reason.INVALID_SPEC, "spec.payload nests too deep")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(DEEPER_THAN_POSTGRES_PARSES + 1000)  # for json.dumps of the spec
+    try:
+        admission = await ledger.refuse(new_ref("deep"), raw, 1, refusal)
+    finally:
+        sys.setrecursionlimit(limit)
     assert admission.row.phase is Phase.REJECTED and admission.row.spec_or_none is None
 
 
@@ -283,7 +298,99 @@ async def test_batch_statements_stay_linear_in_the_batch(pool: asyncpg.Pool) -> 
         [None] * n,
         [None] * n,
         ["succeeded"] * n,
+        Phase.SUSPENDED.value,
+        Reason.SUSPENDED.value,
+        ledger_mod.SUSPENDED_RETRY_NOTE,
     )
     for plan in await _plans_as_run(pool, ledger_mod.SETTLE, settle_args, 8):
         assert _rows_handled(plan["Plan"]) < 30 * n
     assert len(await ledger.settle([succeeded(r) for r in started], {u: spec for u in uids})) == n
+
+
+async def test_redrive_value_seen_before_dead_letter_never_acts_later(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    row = (await admit(ledger, {"target": {"noop": {}}, "maxAttempts": 1})).row
+    early = await ledger.redrive(row.ref.uid, "early")
+    assert (early.verdict, early.phase) == (RedriveVerdict.NOT_DEAD_LETTERED, Phase.QUEUED)
+    await ledger.start_attempts([str(row.ref.uid)])
+    await finish(ledger, row.ref.uid, Phase.DEAD_LETTERED, "permanent")
+    # The annotation still says "early" (as after a restart): it was recorded, so it does nothing.
+    again = await ledger.redrive(row.ref.uid, "early")
+    assert again.verdict is RedriveVerdict.SEEN_BEFORE
+    assert again.row is not None and again.row.phase is Phase.DEAD_LETTERED
+    assert (await ledger.redrive(row.ref.uid, "late")).verdict is RedriveVerdict.REDRIVEN
+    values = await pool.fetch("SELECT value, acted FROM redrives ORDER BY seen_at")
+    assert [(v["value"], v["acted"]) for v in values] == [("early", False), ("late", True)]
+
+
+async def test_suspend_while_processing_holds_the_retry(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    row = (await admit(ledger, {"target": {"noop": {}}, "maxAttempts": 4})).row
+    await ledger.start_attempts([str(row.ref.uid)])
+    change = SpecChange(generation=2, priority=0, ttl_seconds=None, suspend=True)
+    followed = await ledger.follow(row.ref.uid, change)
+    assert followed is not None and (followed.phase, followed.generation) == (Phase.PROCESSING, 2)
+    retry = Settle(
+        uid=row.ref.uid, run=1, attempt=1, phase=Phase.RETRYING, reason="RetryScheduled",
+        message="attempt 1 failed", outcome="retryable",
+    )  # fmt: skip
+    [held] = await ledger.settle([retry], {row.ref.uid: RelayJobSpec.model_validate(RAW)})
+    assert (held.phase, held.reason) == (Phase.SUSPENDED, "Suspended")
+    assert "not retried while spec.suspend is true" in (held.message or "")
+    # Nothing starts while suspended, even if a stale queue entry names the job.
+    batch = await ledger.start_attempts([str(row.ref.uid)])
+    assert batch.started == [] and batch.stale == [str(row.ref.uid)]
+    [attempt] = await ledger.attempts_of(row.ref.uid)
+    assert (attempt["outcome"], attempt["reason"]) == ("retryable", "RetryScheduled")
+    resumed = await ledger.follow(row.ref.uid, change.model_copy(update={"generation": 3, "suspend": False}))
+    assert resumed is not None and (resumed.phase, resumed.reason) == (Phase.QUEUED, "Resumed")
+
+
+async def test_lost_lease_of_a_suspended_job_starts_no_attempt(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    row = (await admit(ledger, {"target": {"noop": {}}, "maxAttempts": 4})).row
+    await ledger.start_attempts([str(row.ref.uid)])
+    await ledger.follow(row.ref.uid, SpecChange(generation=2, priority=0, ttl_seconds=None, suspend=True))
+    batch = await ledger.start_attempts([str(row.ref.uid)])  # re-claimed after the lease lapsed
+    assert batch.started == [] and [r.phase for r in batch.suspended] == [Phase.SUSPENDED]
+    [attempt] = await ledger.attempts_of(row.ref.uid)
+    assert attempt["outcome"] == "lost"
+
+
+async def test_follow_applies_each_generation_once(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    row = (await admit(ledger)).row
+    change = SpecChange(generation=2, priority=50, ttl_seconds=60, suspend=False)
+    followed = await ledger.follow(row.ref.uid, change)
+    assert followed is not None
+    assert (followed.priority, followed.generation, followed.phase) == (50, 2, Phase.QUEUED)
+    assert await ledger.follow(row.ref.uid, change) is None
+    assert [w.priority for w in await ledger.waiting()] == [50]
+
+
+async def test_spec_keeps_numbers_as_the_relayjob_holds_them(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    raw = {"target": {"noop": {}}, "payload": {"big": 1e300, "tiny": 5e-324, "int": 2**62, "pi": 3.14}}
+    row = (await admit(ledger, raw)).row
+    ledger_mod._specs.clear()  # read the spec back from PostgreSQL, not from the parse cache
+    again = await ledger.get(row.ref.uid)
+    assert again is not None
+    sent = json.dumps(again.spec.payload)
+    assert sent == '{"big": 1e+300, "tiny": 5e-324, "int": 4611686018427387904, "pi": 3.14}'
+
+
+async def test_nullifiers_are_scoped_to_the_namespace(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool, "w1")
+    raw = {"target": {"noop": {}}, "nullifier": "order-1"}
+    spec = RelayJobSpec.model_validate(raw)
+
+    async def admit_in(namespace: str, name: str) -> ledger_mod.Admission:
+        ref = new_ref(name, namespace)
+        return await ledger.admit(NewJob(ref, spec, raw, 1, Phase.QUEUED, Reason.ADMITTED, "q", None))
+
+    a, b = await admit_in("tenant-a", "first"), await admit_in("tenant-b", "second")
+    assert (a.row.phase, b.row.phase) == (Phase.QUEUED, Phase.QUEUED)
+    rival = await admit_in("tenant-b", "rival")
+    assert (rival.row.phase, rival.row.reason) == (Phase.REJECTED, "NullifierInUse")
+    assert rival.row.message == "nullifier 'order-1' is reserved by RelayJob second"
+    assert "tenant-a" not in (rival.row.message or "") and "first" not in (rival.row.message or "")
