@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("relayjob")
 KOPF_STOP_SECONDS = 15
+# After RELAY_SHUTDOWN_GRACE_SECONDS: recording the attempts cut off and writing their statuses.
+# The chart sets the pod's terminationGracePeriodSeconds to the grace plus 15 s, which leaves the
+# last of kopf's stop and closing the pools room too (templates/deployment.yaml).
+AFTER_GRACE_SECONDS = 5
 
 
 def _login() -> Credentials:
@@ -94,8 +99,9 @@ def _on_signals(handler: Callable[[], None]) -> None:
 
 async def _take_signals_back(kopf_ready: asyncio.Event, stop: asyncio.Event) -> None:
     """kopf installs SIGTERM/SIGINT handlers of its own as it starts; on a signal it then waits
-    5 s for our tasks before it cancels them. Ours stop our work first and then kopf, through its
-    stop flag, so that shutdown takes as long as draining the work and not a fixed wait."""
+    5 s for our tasks before it cancels them, attempts in flight included. Ours stop kopf through
+    its stop flag and drain our work meanwhile (`_shut_down`), so that shutdown takes as long as
+    the attempts in flight need, up to RELAY_SHUTDOWN_GRACE_SECONDS, and not a fixed wait."""
     await kopf_ready.wait()
     _on_signals(stop.set)
 
@@ -107,21 +113,33 @@ async def _shut_down(
     stop: asyncio.Event,
     close_probes: Callable[[], Awaitable[None]],
 ) -> int:
-    """Stop kopf and our work, close every pool, and say with the exit code whether it was clean."""
+    """Stop kopf, drain our work, close every pool, and say with the exit code whether it was clean."""
     code = 0
+    # kopf stops through its stop flag; letting an exception reach asyncio.run instead (which
+    # cancels every task, kopf's helpers included) can leave kopf's scheduler waiting forever.
+    # It stops first, so no RelayJob event is handled during the drain. None is lost: the next
+    # operator to start lists every RelayJob again, and admission is idempotent.
+    stop.set()
+    began = time.monotonic()
+    if not work.done():
+        grace = app.settings.shutdown_grace_seconds
+        log.info("shutting down: attempts in flight may finish within %gs", grace)
+        draining = asyncio.create_task(app.drain(began + grace, began + grace + AFTER_GRACE_SECONDS))
+        # A background loop that fails meanwhile ends the wait: the drain may be waiting for it.
+        await asyncio.wait([draining, work], return_when=asyncio.FIRST_COMPLETED)
+        draining.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await draining
     if work.done() and not work.cancelled() and (failure := work.exception()) is not None:
         # Exit non-zero so that the kubelet restarts the pod; going on without a worker would
         # leave jobs leased and unrenewed with nobody to say why.
         log.critical("background work stopped: %r", failure, exc_info=failure)
         code = 1
-    # kopf stops through its stop flag; letting an exception reach asyncio.run instead (which
-    # cancels every task, kopf's helpers included) can leave kopf's scheduler waiting forever.
-    stop.set()
     work.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await work
     # kopf's handlers use the pools until kopf has stopped them, so the pools close after kopf.
-    await asyncio.wait([kopf_task], timeout=KOPF_STOP_SECONDS)
+    await asyncio.wait([kopf_task], timeout=max(began + KOPF_STOP_SECONDS - time.monotonic(), 1.0))
     if not kopf_task.done():
         log.warning("kopf did not stop within %ds; cancelling it", KOPF_STOP_SECONDS)
         kopf_task.cancel()
@@ -136,6 +154,7 @@ async def _shut_down(
         code = 1
     await close_probes()
     await app.close()
+    log.info("shut down in %.1fs", time.monotonic() - began)
     return code
 
 

@@ -7,6 +7,7 @@ traceback: a misconfigured operator must be obvious in `kubectl logs`, not a cra
 from __future__ import annotations
 
 import secrets
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -33,6 +34,10 @@ class Settings(BaseSettings):
     # naming the setting: long enough to ride out a rollout where they start after us.
     startup_timeout_seconds: float = Field(default=60.0, ge=0, le=3600)
     lease_seconds: float = Field(default=15.0, ge=1, le=3600)
+    # On SIGTERM, attempts in flight may run this much longer; those still running are then stopped
+    # and recorded as cut off. Keep it below the pod's terminationGracePeriodSeconds by what the rest
+    # of shutdown takes (the chart derives one from the other).
+    shutdown_grace_seconds: float = Field(default=25.0, ge=0, le=3600)
     reconcile_interval_seconds: float = Field(default=30.0, ge=1, le=86400)
     claim_batch: int = Field(default=64, ge=1, le=10_000)
     poll_interval_seconds: float = Field(default=0.2, gt=0, le=60)
@@ -48,6 +53,22 @@ class Settings(BaseSettings):
     status_concurrency: int = Field(default=128, ge=1, le=1000)
     secret_cache_seconds: float = Field(default=10.0, ge=0, le=3600)
     events_per_second: float = Field(default=20.0, ge=0, le=10_000)
+    # The http executor reads at most this much of an answer and drops the rest unread. It refuses
+    # link-local and cloud metadata addresses always; DENY adds networks, a non-empty ALLOW permits
+    # only its own (comma-separated CIDRs, IPv4 or IPv6; deny wins).
+    http_max_response_bytes: int = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
+    http_deny_cidrs: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(default_factory=list)
+    http_allow_cidrs: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(default_factory=list)
+
+    # The ValidatingAdmissionPolicy that lets users name only Secrets they may read, and its binding
+    # of the same name (manifests/secret-policy.yaml; the chart names them after the release). Checked
+    # at start-up: a warning when absent, or a start-up error when required.
+    secret_policy_name: str = Field(
+        default="relayjob-operator-secret-references",
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    require_secret_policy: bool = False
 
     key_prefix: str = Field(default="relay", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:.-]+$")
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -65,6 +86,19 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [n.strip() for n in value.split(",") if n.strip()]
         return value
+
+    @field_validator("http_deny_cidrs", "http_allow_cidrs", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        networks: list[IPv4Network | IPv6Network] = []
+        for entry in filter(None, (e.strip() for e in value.split(","))):
+            try:
+                networks.append(ip_network(entry))
+            except ValueError as error:
+                raise ValueError(f"{entry!r} is not an IPv4 or IPv6 network: {error}") from None
+        return networks
 
     @field_validator("redis_url")
     @classmethod

@@ -6,7 +6,7 @@ Every function here is pure. The worker asks `after_attempt` what to record; the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -91,6 +91,28 @@ def lease_lost_decision(row: JobRow) -> Decision | None:
     return None
 
 
+def cut_off_decision(row: JobRow, grace_seconds: float, now: datetime) -> Decision:
+    """An attempt still running when the operator's shutdown grace ran out was stopped with its outcome
+    unknown. It counts, as a lost lease does (the target may have acted on it), but the next attempt is
+    due at once: the target did not fail, the operator went away, and another replica is waiting."""
+    what = f"attempt {row.attempts} was stopped after the operator's {grace_seconds:g}s shutdown grace"
+    error = f"{Reason.SHUTDOWN_GRACE_EXCEEDED}: {what}"
+    if row.attempts >= row.spec.max_attempts:
+        return Decision(
+            Phase.DEAD_LETTERED,
+            Reason.ATTEMPTS_EXHAUSTED,
+            clip(f"{row.attempts} of {row.spec.max_attempts} attempts used; {what}"),
+            error=error,
+        )
+    return Decision(
+        Phase.RETRYING,
+        Reason.SHUTDOWN_GRACE_EXCEEDED,
+        f"{what}; retrying at once",
+        next_attempt_at=now,
+        error=error,
+    )
+
+
 def _condition(
     ctype: str, status: bool, reason: str, message: str, at: datetime, generation: int
 ) -> dict[str, Any]:
@@ -136,6 +158,20 @@ def conditions_for(row: JobRow, now: datetime) -> list[dict[str, Any]]:
         _condition("Succeeded", False, reason, message, since, gen),
         _condition("Failed", False, reason, message, since, gen),
     ]
+
+
+def status_agrees(status: Mapping[str, Any], row: JobRow) -> bool:
+    """Whether a RelayJob's `.status` shows what the ledger row says, in the fields a user acts on
+    (phase, attempts, observed generation, and the conditions `kubectl wait` reads)."""
+    if (
+        status.get("phase") != row.phase.value
+        or status.get("attempts") != row.attempts
+        or status.get("observedGeneration") != row.generation
+    ):
+        return False
+    shown = {c.get("type"): c.get("status") for c in status.get("conditions") or () if isinstance(c, dict)}
+    expected = {c["type"]: c["status"] for c in conditions_for(row, row.created_at)}
+    return shown == expected
 
 
 def status_document(row: JobRow, now: datetime) -> dict[str, Any]:

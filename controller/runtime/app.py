@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ from redis.asyncio.client import Redis
 
 from controller.adapters import ledger as ledger_mod
 from controller.adapters import queue as queue_mod
+from controller.adapters.executors.http import HttpConfig
 from controller.adapters.executors.registry import load_executors
 from controller.adapters.kube import Credentials, KubeClient, KubeError
 from controller.adapters.metrics import Metrics
@@ -24,6 +26,7 @@ from controller.model.jobs import ClusterApi, Executor
 from controller.runtime.admission import Admissions
 from controller.runtime.events import EventPoster
 from controller.runtime.reconciler import Reconciler
+from controller.runtime.secret_policy import SecretPolicy, announce, inspect
 from controller.runtime.status import StatusWriter
 from controller.runtime.worker import Worker
 from controller.settings import Settings
@@ -146,6 +149,8 @@ class App:
     admissions: Admissions
     reconciler: Reconciler
     identity: str
+    # What start-up found of the Secret-reference admission policy; None when not looked for.
+    secret_policy: SecretPolicy | None = None
 
     @classmethod
     async def start(cls, settings: Settings, login: Callable[[], Credentials]) -> App:
@@ -160,7 +165,16 @@ class App:
             max_connections=settings.status_concurrency + KUBE_SPARE_CONNECTIONS,
             refresh=login,
         )
-        return await cls.assemble(settings, kube, identity)
+        # Before any pool opens: when the policy is required and absent, start-up ends here.
+        policy = await inspect(kube, settings.secret_policy_name)
+        refusal = announce(policy, required=settings.require_secret_policy)
+        if refusal is not None:
+            await kube.close()
+            raise StartupError(refusal)
+        app = await cls.assemble(settings, kube, identity)
+        app.secret_policy = policy
+        app.metrics.secret_policy_installed.set(1 if policy.installed else 0)
+        return app
 
     @classmethod
     async def assemble(cls, settings: Settings, kube: ClusterApi, identity: str) -> App:
@@ -172,7 +186,7 @@ class App:
             await redis_client.aclose()
             raise
         metrics = Metrics()
-        executors = load_executors(kube)
+        executors = load_executors(kube, HttpConfig.from_settings(settings))
         ledger = ledger_mod.Ledger(pool, identity)
         queue = queue_mod.Queue(redis_client, settings.key_prefix)
         status = StatusWriter(
@@ -215,7 +229,8 @@ class App:
         )
 
     async def run(self) -> None:
-        """The background work of the process; returns only by cancellation."""
+        """The background work of the process; returns only by cancellation, which comes after
+        `drain` on a graceful shutdown."""
         await asyncio.gather(self.status.run(), self.worker.run(), self.reconciler.run(), self._pool_gauges())
 
     async def _pool_gauges(self) -> None:
@@ -249,8 +264,19 @@ class App:
         )
         return dict(results)
 
+    async def drain(self, grace_ends: float, gives_up: float) -> None:
+        """Graceful shutdown of the work `run` does, which goes on meanwhile: the worker claims
+        nothing more and finishes and records its attempts (`Worker.drain`), then the status writer
+        writes what they changed, all by `gives_up` (time.monotonic()) at the latest."""
+        await self.worker.drain(grace_ends, gives_up)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, gives_up - time.monotonic())):
+                await self.status.wait_idle()
+
     async def close(self) -> None:
-        await self.worker.drain()
+        """Close every client and pool. Attempts `drain` did not see through are stopped unrecorded:
+        their leases lapse and the jobs run again, as after a crash."""
+        await self.worker.abandon()
         for executor in self.executors.values():
             await executor.close()
         await self.events.drain()

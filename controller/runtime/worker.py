@@ -13,6 +13,9 @@ execute  `_attempt`: the executor runs under the per-attempt timeout while `_hea
 record   `_settle_loop`: outcomes are written to the ledger in batches, fenced by attempt;
          `core.lifecycle.after_attempt` chose Completed, Retrying (with backoff) or DeadLettered;
          Redis is updated to match, and the status writer is told.
+stop     `drain` (SIGTERM): the claim loop stops and work leased ahead goes back to `ready`; attempts
+         in flight finish within the shutdown grace while the settle loop records them and the
+         heartbeat renews their leases; what is still running then is cut off and recorded too.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -31,7 +34,7 @@ from uuid import UUID
 from controller.adapters.ledger import Ledger, Settle
 from controller.adapters.metrics import Metrics
 from controller.adapters.queue import Queue
-from controller.core.lifecycle import after_attempt
+from controller.core.lifecycle import after_attempt, cut_off_decision
 from controller.model.jobs import AttemptContext, ExecutionResult, Executor, JobRow, Outcome
 from controller.model.phases import Phase
 from controller.runtime.events import EventPoster
@@ -57,8 +60,21 @@ def _ms(ts: float | None = None) -> int:
 @dataclass
 class _Done:
     row: JobRow
-    result: ExecutionResult
+    result: ExecutionResult | None  # None: cut off at shutdown, its outcome unknown
     seconds: float
+
+    @property
+    def outcome(self) -> str:
+        return "lost" if self.result is None else self.result.outcome.value
+
+
+async def _wait_until(deadline: float, tasks: Iterable[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
+    """Wait for `tasks` until `deadline` (time.monotonic()); returns those still running."""
+    waiting = set(tasks)
+    if not waiting:
+        return waiting
+    _, pending = await asyncio.wait(waiting, timeout=max(0.0, deadline - time.monotonic()))
+    return pending
 
 
 class Worker:
@@ -96,6 +112,9 @@ class Worker:
         self._running: dict[UUID, asyncio.Task[None]] = {}
         self._done: asyncio.Queue[_Done] = asyncio.Queue()
         self._wake = asyncio.Event()
+        self._claiming: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()  # shutdown began: claim nothing more
+        self._cutting_off = False  # the shutdown grace ran out: attempts cancelled now are recorded
 
     def wake(self) -> None:
         """New work was queued by this process: claim now instead of at the next poll."""
@@ -109,7 +128,9 @@ class Worker:
         return True
 
     async def run(self) -> None:
-        await asyncio.gather(self._claim_loop(), self._settle_loop(), self._heartbeat())
+        """Claim, settle and heartbeat until cancelled; after `drain` only the claim loop has ended."""
+        self._claiming = asyncio.ensure_future(self._claim_loop())
+        await asyncio.gather(self._claiming, self._settle_loop(), self._heartbeat())
 
     def _prefetch(self) -> int:
         """Work to take beyond the free slots: what the running jobs finish in PREFETCH_HORIZON."""
@@ -126,10 +147,16 @@ class Worker:
         self._opened -= n
         self._room.set()
 
+    async def _nap(self, seconds: float) -> None:
+        """Sleep, but no longer than until shutdown begins."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
     async def _claim_loop(self) -> None:
         lease_ms = int(self.settings.lease_seconds * 1000)
         idle, backoff = 0.005, 0.1
-        while True:
+        while not self._stopping.is_set():
             if self._done.qsize() >= SETTLE_BATCH:
                 # Outcomes are piling up faster than the ledger records them: open no more
                 # attempts until they are recorded (an unrecorded outcome is work a crash redoes).
@@ -146,13 +173,13 @@ class Worker:
             except TRANSIENT as error:
                 log.warning("claim failed, retrying in %.1fs: %s", backoff, error)
                 self.metrics.errors.labels("claim").inc()
-                await asyncio.sleep(backoff)
+                await self._nap(backoff)
                 backoff = min(backoff * 2, 10)
                 continue
             took = await self._open_stock()
             pause = self._open_backoff_until - time.monotonic()
             if pause > 0:
-                await asyncio.sleep(pause)
+                await self._nap(pause)
             backoff = 0.1
             if took or self._stock:
                 idle = 0.005
@@ -186,7 +213,9 @@ class Worker:
         Slots freed while an earlier batch was being opened get a batch of their own at once:
         up to OPEN_PIPELINE openings are in flight, so a slot never waits for two."""
         await self._openers.acquire()
-        take = [self._stock.popleft() for _ in range(min(self._free(), len(self._stock)))]
+        # Shutdown may have begun while this waited: what is opened now would start after it.
+        n = 0 if self._stopping.is_set() else min(self._free(), len(self._stock))
+        take = [self._stock.popleft() for _ in range(n)]
         if not take:
             self._openers.release()
             return False
@@ -244,6 +273,12 @@ class Worker:
             self.status.offer(batch.exhausted)
             for row in batch.exhausted:
                 self._announce(row)
+        if batch.suspended:
+            # Suspended while their attempt ran, whose worker then died: out of the queue until resumed.
+            await self._let_go([str(r.ref.uid) for r in batch.suspended], self.queue.remove)
+            self.status.offer(batch.suspended)
+            for row in batch.suspended:
+                self._announce(row)
         return len(batch.started)
 
     async def _let_go(self, uids: list[str], step: Callable[[list[str]], Awaitable[object]]) -> None:
@@ -266,6 +301,8 @@ class Worker:
             attempt=row.attempts,
             idempotency_key=row.spec.nullifier or str(uid),
         )
+        began = time.monotonic()
+        result: ExecutionResult | None = None
         try:
             async with self._slots:
                 self.metrics.inflight.inc()
@@ -275,14 +312,18 @@ class Worker:
                 finally:
                     self.metrics.inflight.dec()
         except asyncio.CancelledError:
-            # Deleted while in flight: the ledger marks it cancelled; nothing to record here.
-            self._held.discard(str(uid))
-            return
+            if not self._cutting_off:
+                # Deleted while in flight (the ledger marks it cancelled), or abandoned by `abandon`
+                # (its lease lapses): nothing to record here.
+                self._held.discard(str(uid))
+                return
+            # Cut off by `drain`: an attempt like any other, recorded by the settle loop.
         finally:
             self._running.pop(uid, None)
             self._finished()
         seconds = time.monotonic() - began
-        self._job_seconds += (seconds - self._job_seconds) * 0.1
+        if result is not None:
+            self._job_seconds += (seconds - self._job_seconds) * 0.1
         self._done.put_nowait(_Done(row, result, seconds))
 
     async def _execute(self, ctx: AttemptContext) -> ExecutionResult:
@@ -297,11 +338,14 @@ class Worker:
                 message=f"no result within {ctx.spec.timeout_seconds:g}s",
             )
         except Exception as error:  # a plug-in executor's bug must not kill the loop
-            log.exception("executor %s raised", ctx.spec.target.executor, extra=job_fields(ctx.ref))
+            name = ctx.spec.target.executor
+            log.exception("executor %s raised", name, extra=job_fields(ctx.ref))
+            # The exception's own words, on one line and short: the status shows them.
+            text = " ".join(str(error).split())[:240]
             return ExecutionResult(
                 outcome=Outcome.RETRYABLE,
                 reason="ExecutorError",
-                message=f"{type(error).__name__} in executor",
+                message=f"executor {name!r} raised {type(error).__name__}" + (f": {text}" if text else ""),
             )
 
     async def _settle_loop(self) -> None:
@@ -316,13 +360,18 @@ class Worker:
             await until_done(
                 partial(self._settle, pending), "settle", self.metrics, first_delay=0.1, retry_on=TRANSIENT
             )
+            for _ in pending:
+                self._done.task_done()
             self._settled.set()
 
     async def _settle(self, done: list[_Done]) -> None:
         now = datetime.now(UTC)
         items = []
         for d in done:
-            decision = after_attempt(d.row, d.row.attempts, d.result, now)
+            if d.result is None:
+                decision = cut_off_decision(d.row, self.settings.shutdown_grace_seconds, now)
+            else:
+                decision = after_attempt(d.row, d.row.attempts, d.result, now)
             items.append(
                 Settle(
                     uid=d.row.ref.uid,
@@ -331,7 +380,7 @@ class Worker:
                     phase=decision.phase,
                     reason=decision.reason,
                     message=decision.message,
-                    outcome=d.result.outcome.value,
+                    outcome=d.outcome,
                     next_attempt_at=decision.next_attempt_at,
                     result=decision.result,
                     error=decision.error,
@@ -344,7 +393,7 @@ class Worker:
         for d in done:
             uid = str(d.row.ref.uid)
             row = recorded.get(d.row.ref.uid)
-            self.metrics.attempt_seconds.labels(d.result.outcome.value).observe(d.seconds)
+            self.metrics.attempt_seconds.labels(d.outcome).observe(d.seconds)
             if row is None:
                 self.metrics.fenced.inc()
                 log.warning(
@@ -353,7 +402,8 @@ class Worker:
                     extra=job_fields(d.row.ref),
                 )
                 continue
-            if row.phase is Phase.COMPLETED:
+            if row.phase in (Phase.COMPLETED, Phase.SUSPENDED):
+                # A suspended job leaves Redis until it is resumed (admission places it then).
                 finished.append(uid)
             elif row.phase is Phase.RETRYING:
                 assert row.next_attempt_at is not None
@@ -412,6 +462,9 @@ class Worker:
             self.metrics.retries.inc()
             log.info("retry scheduled: %s", row.message, extra=fields)
             self.events.post(row.ref, "Warning", "Retrying", row.message or "retrying")
+        elif row.phase is Phase.SUSPENDED:
+            log.info("attempt recorded; job suspended: %s", row.message, extra=fields)
+            self.events.post(row.ref, "Normal", "Suspended", row.message or "suspended")
         elif row.phase is Phase.DEAD_LETTERED:
             self.metrics.jobs.labels("dead_lettered").inc()
             log.warning("job dead-lettered: %s", row.message, extra=fields)
@@ -431,14 +484,59 @@ class Worker:
                 log.warning("lease renewal failed: %s", error)
                 self.metrics.errors.labels("heartbeat").inc()
 
-    async def drain(self) -> None:
-        """Stop taking work and let attempts in flight finish (graceful shutdown)."""
-        if self._opening:
-            await asyncio.wait(list(self._opening), timeout=self.settings.lease_seconds)
+    async def drain(self, grace_ends: float, gives_up: float) -> None:
+        """Graceful shutdown, while `run` goes on: claim nothing more and hand back the work leased
+        ahead, let the attempts in flight finish until `grace_ends` and cut off those still running,
+        then wait until every outcome is recorded (at the latest until `gives_up`; both are
+        time.monotonic()). Meanwhile the heartbeat renews the leases of the attempts running, and
+        the settle loop records each outcome and takes its job out of `leased`.
+
+        An attempt being opened when shutdown begins starts and runs: it is counted in the ledger
+        already, and work is opened ahead of the free slots only while attempts take ~0.1 s."""
+        self._stopping.set()
+        for event in (self._wake, self._room, self._settled):
+            event.set()  # wherever the claim loop waits, it wakes up and sees `_stopping`
+        await _wait_until(grace_ends, [self._claiming] if self._claiming is not None else [])
+        await _wait_until(grace_ends, self._opening)
         stock = list(self._stock)
         self._stock.clear()
         if stock:  # leased ahead, never started: hand them back rather than let the leases run out
             await self._let_go(stock, self.queue.release)
-        running = list(self._running.values())
-        if running:
-            await asyncio.wait(running, timeout=self.settings.lease_seconds)
+        log.info(
+            "shutting down: %d attempts in flight, %d jobs leased ahead handed back",
+            len(self._running),
+            len(stock),
+        )
+        late = await _wait_until(grace_ends, self._running.values())
+        if late:
+            # Left to its lease, an attempt cut off here would wait out the lease before another
+            # replica ran it, and would then be recorded as lost with reason LeaseExpired, which
+            # it was not. Recorded now (core.lifecycle.cut_off_decision), its job is due again at
+            # once and the record says what happened.
+            log.warning(
+                "%d attempts still running after the %gs shutdown grace: stopping and recording them",
+                len(late),
+                self.settings.shutdown_grace_seconds,
+            )
+            self._cutting_off = True
+            for task in late:
+                task.cancel()
+            await _wait_until(gives_up, late)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, gives_up - time.monotonic())):
+                await self._done.join()
+        if self._held:
+            log.error(
+                "%d outcomes could not be recorded before exit; their leases lapse within %gs and "
+                "the jobs run again",
+                len(self._held),
+                self.settings.lease_seconds,
+            )
+
+    async def abandon(self) -> None:
+        """Stop whatever still runs without recording it (closing without a drain, as after a
+        failure): the leases lapse and the jobs run again, as after a crash."""
+        tasks = [*self._opening, *self._running.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -44,6 +44,8 @@ def operator_env(control_plane: Any, redis_server: Any, postgres_server: Any) ->
         "RELAY_LEASE_SECONDS": "5",
         "RELAY_RECONCILE_INTERVAL_SECONDS": "5",
         "RELAY_STANDALONE": "true",
+        # Modules end with SIGTERM: a long attempt still running then must not hold teardown.
+        "RELAY_SHUTDOWN_GRACE_SECONDS": "5",
     }
 
 
@@ -61,6 +63,22 @@ def operator(
     yield process
     code = process.stop()
     assert code == 0, f"operator exited {code} on SIGTERM:\n{process.logs()[-3000:]}"
+
+
+@pytest.fixture
+def start_operator(operator_env: dict[str, str], namespace: str, tmp_path: Path) -> Iterator[Any]:
+    """Start operators (killed after the test) watching `namespace`, with extra settings each."""
+    started: list[OperatorProcess] = []
+
+    def start(name: str = "op", **extra: str) -> OperatorProcess:
+        env = {**operator_env, "RELAY_NAMESPACES": namespace, **extra}
+        process = OperatorProcess(env, tmp_path / f"{name}.log").start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
