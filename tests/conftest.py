@@ -2,10 +2,10 @@
 
 - `redis_server`: a private redis-server (`.url`, `.host`, `.port`, plus stop/start/pause/resume).
 - `postgres_server`: a private initdb'd PostgreSQL; `.dsn` points at database `relay`.
-- `control_plane`: etcd + kube-apiserver with the RelayJob CRD installed; a `KubeClient` with
-  `.kubeconfig`, `.server`, `.kubectl(*args)`, `.helm(*args)`, `.helm_path` and `.sandbox` (the
-  servers, for fault injection). With `RELAY_E2E_USE_KUBECONFIG=1` it is the cluster `KUBECONFIG`
-  names instead, and `.sandbox` is None.
+- `control_plane`: etcd + kube-apiserver with the RelayJob CRD and the Secret-reference admission
+  policy installed; a `KubeClient` with `.kubeconfig`, `.server`, `.kubectl(*args)`,
+  `.helm(*args)`, `.helm_path` and `.sandbox` (the servers, for fault injection). With
+  `RELAY_E2E_USE_KUBECONFIG=1` it is the cluster `KUBECONFIG` names instead, and `.sandbox` is None.
 
 A missing binary fails the tests that need it with the message saying what to install; nothing
 is skipped, since a skipped real-server test would pass unnoticed.
@@ -22,7 +22,7 @@ from typing import TypeVar
 import pytest
 
 from controller.sandbox.binaries import BinaryError
-from controller.sandbox.sandbox import CONTROL_PLANE, DEFAULT_CRD, KubeClient, Sandbox
+from controller.sandbox.sandbox import CONTROL_PLANE, DEFAULT_CRD, DEFAULT_SECRET_POLICY, KubeClient, Sandbox
 from controller.sandbox.servers import PostgresServer, RedisServer
 
 T = TypeVar("T")
@@ -75,6 +75,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClie
         scratch = tmp_path_factory.mktemp("kube")
         client = _or_fail(lambda: KubeClient.for_existing_cluster(kubeconfig, scratch))
         client.install_crd(DEFAULT_CRD)
+        client.install_secret_policy(DEFAULT_SECRET_POLICY)
         yield client
         return
     with running_sandbox(tmp_path_factory.mktemp("control-plane"), CONTROL_PLANE) as sandbox:

@@ -20,10 +20,14 @@ from uuid import UUID
 
 import aiohttp
 
-from controller.model.jobs import JobRef, SecretNotFound
+from controller.adapters import json_guard
+from controller.model.jobs import JobRef, SecretForbidden, SecretNotFound, SecretUnavailable
 
 GROUP, VERSION, PLURAL, KIND = "relay.dev", "v1alpha1", "relayjobs", "RelayJob"
 API_VERSION = f"{GROUP}/{VERSION}"
+# Named on every status patch, so that a status written by anyone else can be told apart in
+# `managedFields` (the API server would otherwise take the manager from the User-Agent).
+FIELD_MANAGER = "relayjob-operator"
 
 
 class KubeError(Exception):
@@ -162,7 +166,8 @@ class KubeClient:
                     body = await response.text()
                     raise KubeError(response.status, body[:2000])
                 if answer and response.content_type == "application/json":
-                    return await response.json()
+                    # A list of RelayJobs holds their managedFields, as deep as any payload.
+                    return await response.json(loads=json_guard.loads)
                 # Read, not decoded: a write's answer is the whole object, which nobody needs
                 # (decoding it was most of the JSON work of a status write), and an unread body
                 # would cost the connection its keep-alive.
@@ -190,6 +195,7 @@ class KubeClient:
             await self._request(
                 "PATCH",
                 self._job_path(ref) + "/status",
+                params={"fieldManager": FIELD_MANAGER},
                 json=body,
                 headers={"Content-Type": "application/json-patch+json"},
             )
@@ -202,6 +208,20 @@ class KubeClient:
     async def ping(self) -> None:
         """Raise KubeError unless the API server answers its readiness endpoint."""
         await self._request("GET", "/readyz", timeout=aiohttp.ClientTimeout(total=2))
+
+    async def get_admission_object(self, plural: str, name: str) -> dict[str, Any] | None:
+        """A cluster-scoped admissionregistration.k8s.io/v1 object (e.g. plural
+        `validatingadmissionpolicies`), or None when there is none of that name; an API server that
+        does not serve the kind (older than 1.30) answers 404 as well."""
+        try:
+            found: dict[str, Any] = await self._request(
+                "GET", f"/apis/admissionregistration.k8s.io/v1/{plural}/{name}", answer=True
+            )
+        except KubeError as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
 
     async def delete_job(self, ref: JobRef) -> bool:
         body = {"preconditions": {"uid": str(ref.uid)}, "propagationPolicy": "Background"}
@@ -281,11 +301,18 @@ class KubeClient:
                     if error.status == 404:
                         raise SecretNotFound(f"Secret {namespace}/{name} not found") from None
                     if error.status == 403:
-                        raise SecretNotFound(
+                        raise SecretForbidden(
                             f"Secret {namespace}/{name} is not readable by the operator (forbidden)"
                         ) from None
-                    raise
-                data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+                    raise SecretUnavailable(
+                        f"Secret {namespace}/{name} could not be read: {str(error)[:200]}"
+                    ) from None
+                # Bytes that are not UTF-8 stay as surrogates: the key this job reads may be text even
+                # if another one is binary, and the executor names the key that is not.
+                data = {
+                    k: base64.b64decode(v).decode(errors="surrogateescape")
+                    for k, v in (secret.get("data") or {}).items()
+                }
                 data.update(secret.get("stringData") or {})
                 cached = (time.monotonic() + self._secret_ttl, data)
                 self._secrets[ident] = cached

@@ -61,6 +61,12 @@ class Metrics:
         self.errors = Counter(
             "relayjob_loop_errors_total", "Errors a background loop survived.", ["loop"], registry=r
         )
+        self.secret_policy_installed = Gauge(
+            "relayjob_secret_policy_installed",
+            "1 when start-up found the Secret-reference admission policy and its denying binding; "
+            "0 when either is missing or could not be read (/readyz says which).",
+            registry=r,
+        )
         # Every series a dashboard or alert names exists from the start, at zero.
         for outcome in ("completed", "dead_lettered", "rejected"):
             self.jobs.labels(outcome)

@@ -1,4 +1,8 @@
-"""HTTP endpoints for the kubelet and Prometheus: /healthz, /readyz, /metrics."""
+"""HTTP endpoints for the kubelet and Prometheus: /healthz, /readyz, /metrics.
+
+/readyz answers 503 when Redis, PostgreSQL, the API server or the RelayJob watch does not; it
+also says, as `secretPolicy`, what start-up found of the Secret-reference admission policy.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,10 @@ def build(app: App, watching: Callable[[], str | None]) -> web.Application:
         problem = watching()
         checks["watch"] = problem or "ok"
         ok = all(v == "ok" for v in checks.values())
+        # Reported, never a reason to be unready: taking the pod out of its Service would not
+        # install the policy, and RELAY_REQUIRE_SECRET_POLICY already refuses to start without it.
+        if app.secret_policy is not None:
+            checks["secretPolicy"] = app.secret_policy.readiness()
         return web.Response(
             text=json.dumps(checks), status=200 if ok else 503, content_type="application/json"
         )

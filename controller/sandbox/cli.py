@@ -15,6 +15,7 @@ from controller.sandbox.pki import PKIError
 from controller.sandbox.sandbox import (
     COMPONENTS,
     DEFAULT_CRD,
+    DEFAULT_SECRET_POLICY,
     CommandError,
     Sandbox,
     SandboxError,
@@ -50,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"CRD manifest to install (default: {DEFAULT_CRD})",
     )
     up.add_argument(
+        "--no-secret-policy",
+        action="store_true",
+        help=f"do not install the Secret-reference admission policy ({DEFAULT_SECRET_POLICY.name})",
+    )
+    up.add_argument(
         "--only",
         action="append",
         choices=COMPONENTS,
@@ -68,7 +74,11 @@ def sandbox_main(argv: list[str]) -> int:
     try:
         if args.command == "up":
             sandbox = Sandbox(
-                args.dir, components=args.only or COMPONENTS, crd=args.crd, helm=not args.no_helm
+                args.dir,
+                components=args.only or COMPONENTS,
+                crd=args.crd,
+                secret_policy=None if args.no_secret_policy else DEFAULT_SECRET_POLICY,
+                helm=not args.no_helm,
             )
             sandbox.up()
             print(f"source {sandbox.env_file}")

@@ -2,8 +2,9 @@
 
 Against the current kube context when one answers, else against a sandbox control plane it starts.
 Redis and PostgreSQL come from RELAY_REDIS_URL / RELAY_DATABASE_URL when set, else from the
-sandbox. It installs the CRD if missing, starts the operator, applies a sample RelayJob, shows it
-reach Completed in `kubectl get rj`, and keeps the operator in the foreground until Ctrl-C.
+sandbox. It installs the CRD and the Secret-reference policy, starts the operator, applies a sample
+RelayJob, shows it reach Completed in `kubectl get rj`, and keeps the operator in the foreground
+until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from pathlib import Path
 from types import FrameType
 
 from controller.sandbox.binaries import Binaries
-from controller.sandbox.sandbox import COMPONENTS, DEFAULT_CRD, KubeClient, Sandbox
+from controller.sandbox.sandbox import (
+    COMPONENTS,
+    DEFAULT_CRD,
+    DEFAULT_SECRET_POLICY,
+    CommandError,
+    KubeClient,
+    Sandbox,
+)
 
 REPO = DEFAULT_CRD.parents[1]
 SAMPLE = REPO / "manifests" / "samples" / "noop.yaml"
@@ -67,6 +75,12 @@ def dev_main(argv: list[str]) -> int:
     else:
         _say(f"using the current kube context ({kube.server})")
         kube.install_crd(DEFAULT_CRD, _say)
+        try:
+            kube.install_secret_policy(DEFAULT_SECRET_POLICY, _say)
+        except CommandError as error:
+            # A cluster older than 1.30 has no ValidatingAdmissionPolicy; the operator says what
+            # that means when it starts.
+            _say(f"warning: the Secret-reference policy was not installed: {error.stderr.strip()[:300]}")
         env["KUBECONFIG"] = str(kube.kubeconfig)
     env["PATH"] = kube.env()["PATH"]
     env.setdefault("RELAY_LOG_FORMAT", "text")

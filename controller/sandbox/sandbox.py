@@ -9,6 +9,10 @@ Everything lives in one directory (default `.sandbox/`):
     etcd/, redis/, pg/    data
     env                   shell-sourceable exports for the operator, kubectl and helm
 
+The API server authorizes with RBAC alone, so a user the admin impersonates (`kubectl --as`) has
+exactly their roles' rights; `up` installs the RelayJob CRD and the Secret-reference admission
+policy (manifests/secret-policy.yaml), which judges each such user as the requester.
+
 `up` is idempotent: healthy servers are reused, dead or hung ones are restarted on their previous
 port when it is still free. The test fixtures drive the same class with a subset of components,
 so the harness and the developer sandbox can never drift apart.
@@ -41,6 +45,7 @@ from controller.sandbox.servers import (
 COMPONENTS = ("etcd", "kube-apiserver", "redis", "postgres")
 CONTROL_PLANE = ("etcd", "kube-apiserver")
 DEFAULT_CRD = Path(__file__).resolve().parents[2] / "manifests" / "crd.yaml"
+DEFAULT_SECRET_POLICY = DEFAULT_CRD.with_name("secret-policy.yaml")
 _REUSE_GRACE_SECONDS = 10.0
 
 Logger = Callable[[str], None]
@@ -141,6 +146,20 @@ class KubeClient:
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd))
         return True
 
+    def install_secret_policy(self, policy: Path | None, log: Logger = stderr_logger) -> bool:
+        """Server-side apply the Secret-reference admission policy and its binding; False when the
+        file is absent. The API server enforces it within a second or so of this returning."""
+        if policy is None:
+            return False
+        if not policy.is_file():
+            log(f"warning: {policy} does not exist; the Secret-reference policy was not installed")
+            return False
+        self.kubectl(
+            "apply", "--server-side", "--force-conflicts", "--field-manager=relayjob-sandbox",
+            "-f", str(policy),
+        )  # fmt: skip
+        return True
+
     @classmethod
     def for_existing_cluster(
         cls, kubeconfig: str, scratch: Path, binaries: Binaries | None = None
@@ -174,6 +193,7 @@ class Sandbox:
         *,
         components: Sequence[str] = COMPONENTS,
         crd: Path | None = DEFAULT_CRD,
+        secret_policy: Path | None = DEFAULT_SECRET_POLICY,
         helm: bool = True,
         binaries: Binaries | None = None,
         log: Logger = stderr_logger,
@@ -186,6 +206,7 @@ class Sandbox:
         self.directory = Path(directory).expanduser().resolve()
         self.components = tuple(c for c in COMPONENTS if c in components)
         self.crd = crd
+        self.secret_policy = secret_policy
         self.helm = helm
         self.binaries = binaries or Binaries()
         self.log = log
@@ -415,7 +436,9 @@ class Sandbox:
         self._write_state(state)
         if apiserver is not None and pki is not None:
             write_kubeconfig(self.kubeconfig, pki, apiserver.url)
-            self.kube_client().install_crd(self.crd, self.log)
+            kube = self.kube_client()
+            kube.install_crd(self.crd, self.log)
+            kube.install_secret_policy(self.secret_policy, self.log)
         _write_atomic(self.env_file, self.env_file_text())
 
     def down(self, *, purge: bool = False) -> None:

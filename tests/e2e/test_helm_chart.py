@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -60,12 +61,19 @@ WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "*"}
 
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClient]:
-    """A control plane of this module's own, without any CRD, so that `helm install` is what
-    installs them and `helm uninstall` is seen to leave them (the shared one has the CRD already)."""
+    """A control plane of this module's own, without any CRD or admission policy, so that `helm
+    install` is what installs them and `helm uninstall` is seen to leave the CRDs (the shared one
+    has the CRD and the sandbox's policy already)."""
     if os.environ.get("RELAY_E2E_USE_KUBECONFIG") == "1":
         yield request.getfixturevalue("control_plane")
         return
-    sandbox = Sandbox(tmp_path_factory.mktemp("helm-cluster"), components=CONTROL_PLANE, crd=None, helm=True)
+    sandbox = Sandbox(
+        tmp_path_factory.mktemp("helm-cluster"),
+        components=CONTROL_PLANE,
+        crd=None,
+        secret_policy=None,
+        helm=True,
+    )
     try:
         try:
             sandbox.up()
@@ -84,6 +92,12 @@ class Release:
     peering: str
     watched: list[str]
     notes: str
+
+    @property
+    def secret_policy(self) -> str:
+        """The ValidatingAdmissionPolicy and binding of this release, and the name the chart gives
+        the operator in RELAY_SECRET_POLICY_NAME."""
+        return f"{self.service_account}-secret-references"
 
 
 def helm_install(cluster: KubeClient, name: str, namespace: str, *args: str) -> Release:
@@ -214,6 +228,7 @@ def run_operator(
         RELAY_NAMESPACES=",".join(release.watched),
         # The peering object the chart created: kopf stays paused until it sees it.
         RELAY_PEERING_NAME=release.peering,
+        RELAY_SECRET_POLICY_NAME=release.secret_policy,
         RELAY_HTTP_PORT=str(port),
         RELAY_LOG_FORMAT="json",
         RELAY_LOG_LEVEL="INFO",
@@ -305,7 +320,8 @@ def relayjob(name: str, target: dict[str, Any], **spec: Any) -> dict[str, Any]:
 def exercise(
     cluster: KubeClient, namespace: str, target: Target, operator: Operator, *, first_timeout: int
 ) -> None:
-    """Every API path the operator has: watch, status, Events, a Secret, delete, peering."""
+    """Every API path the operator has: watch, status, Events, a Secret, delete, peering, and its
+    start-up read of the release's Secret-reference policy."""
     secret_value = f"Bearer {uuid.uuid4().hex}"
     apply(cluster, namespace, relayjob("hello", {"noop": {}}))
     cluster.kubectl(
@@ -356,8 +372,10 @@ def exercise(
 
     code, body = operator.get("/readyz")
     assert code == 200, body
+    assert json.loads(body)["secretPolicy"] == "installed", body
     code, body = operator.get("/metrics")
     assert code == 200 and "relayjob_jobs_total" in body
+    assert "relayjob_secret_policy_installed 1.0" in body
 
 
 def peering_status(cluster: KubeClient, release: Release) -> list[dict[str, Any]]:
@@ -476,6 +494,22 @@ def needed_in(namespace: str, peering_resource: str, peering: str) -> list[tuple
     ]
 
 
+def policy_reads(release: Release) -> list[tuple[bool, str]]:
+    """The operator reads its own Secret-reference policy and binding, by name, and nothing else."""
+    policies = "validatingadmissionpolicies.admissionregistration.k8s.io"
+    bindings = "validatingadmissionpolicybindings.admissionregistration.k8s.io"
+    return [
+        (True, f"get {policies}/{release.secret_policy}"),
+        (True, f"get {bindings}/{release.secret_policy}"),
+        (False, f"get {policies}/someone-else"),
+        (False, f"list {policies}"),
+        (False, f"watch {bindings}"),
+        (False, f"update {policies}/{release.secret_policy}"),
+        (False, f"delete {bindings}/{release.secret_policy}"),
+        (False, f"create {bindings}"),
+    ]
+
+
 NEVER_CLUSTER_WIDE = [
     (False, "create customresourcedefinitions.apiextensions.k8s.io"),
     (False, "update customresourcedefinitions.apiextensions.k8s.io"),
@@ -509,6 +543,73 @@ def test_schema_rejects_a_wrong_type_at_install(cluster: KubeClient, tmp_path: P
     assert cluster.helm("status", f"bad-{SUFFIX}", "-n", "default", check=False).returncode != 0
 
 
+def readme_network_policy_example() -> str:
+    """The values of the chart README's NetworkPolicy example (HTTPS targets in 10.0.0.0/8 only)."""
+    section = (CHART / "README.md").read_text().split("## Network policy", 1)[1].split("\n## ", 1)[0]
+    (example,) = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+    return example
+
+
+def test_rendered_network_policy_is_accepted_by_the_api_server(cluster: KubeClient, tmp_path: Path) -> None:
+    """The chart's NetworkPolicy passes the API server's own validation of peers, CIDRs, excepts
+    and ports, as the README's example and with external servers, scrapers and wide targets.
+    Whether it is enforced cannot be tested here: NetworkPolicy is enforced by the network plugin,
+    and the sandbox runs none (nor any pod); so `--dry-run=server`, which stores nothing."""
+    namespace = f"netpol-{SUFFIX}"
+    create_namespaces(cluster, namespace)
+    external = {
+        "networkPolicy": {
+            "enabled": True,
+            "ingress": {"from": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
+            "egress": {
+                "dns": {"to": [{"ipBlock": {"cidr": "169.254.20.10/32"}}]},
+                "apiServer": {"cidrs": ["10.96.0.1/32", "fd00::1/128"]},
+                "redis": {"to": [{"ipBlock": {"cidr": "10.20.0.5/32"}}]},
+                "postgresql": {
+                    "to": [
+                        {
+                            "namespaceSelector": {"matchLabels": {"name": "databases"}},
+                            "podSelector": {
+                                "matchExpressions": [{"key": "app", "operator": "In", "values": ["pg"]}]
+                            },
+                        }
+                    ]
+                },
+                "targets": [
+                    {
+                        "to": [
+                            {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "169.254.0.0/16"]}}
+                        ],
+                        "ports": [{"protocol": "TCP", "port": 8000, "endPort": 8999}],
+                    },
+                    {"to": [{"namespaceSelector": {}}]},
+                ],
+            },
+        }
+    }
+    version = json.loads(cluster.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
+    for name, values in (("readme", readme_network_policy_example()), ("external", yaml.safe_dump(external))):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(values)
+        rendered = cluster.helm(
+            "template", "relay", str(CHART), "--namespace", namespace, "--kube-version", version,
+            "-f", str(path), "--show-only", "templates/networkpolicy.yaml",
+        ).stdout  # fmt: skip
+        result = cluster.kubectl(
+            "apply", "--dry-run=server", "-n", namespace, "-o", "json", "-f", "-", input=rendered, check=False
+        )
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        accepted = json.loads(result.stdout)
+        expected = yaml.safe_load(rendered)
+        assert accepted["kind"] == "NetworkPolicy", name
+        # As rendered, but for the protocol the API server fills in where a rule leaves it out.
+        for rule in expected["spec"]["egress"]:
+            for port in rule.get("ports", []):
+                port.setdefault("protocol", "TCP")
+        assert accepted["spec"] == expected["spec"], name
+    assert cluster.kubectl("get", "networkpolicies", "-n", namespace, "-o", "name").stdout.strip() == ""
+
+
 def test_cluster_mode_installs_crds_and_rbac(cluster: KubeClient, cluster_release: Release) -> None:
     release = cluster_release
     for crd in ("relayjobs.relay.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
@@ -524,6 +625,14 @@ def test_cluster_mode_installs_crds_and_rbac(cluster: KubeClient, cluster_releas
         {"kind": "ServiceAccount", "name": release.service_account, "namespace": release.namespace}
     ]
     cluster.kubectl("get", "clusterkopfpeering", release.peering)
+    cluster.kubectl("get", "validatingadmissionpolicy", release.secret_policy)
+    policy_binding = json.loads(
+        cluster.kubectl("get", "validatingadmissionpolicybinding", release.secret_policy, "-o", "json").stdout
+    )
+    assert policy_binding["spec"]["policyName"] == release.secret_policy
+    assert policy_binding["spec"]["validationActions"] == ["Deny"]
+    for role in ("edit", "view"):
+        cluster.kubectl("get", "clusterrole", f"{release.service_account}-{role}")
     cluster.kubectl("get", "deployment", release.service_account, *ns)
     cluster.kubectl("get", "service", f"{release.service_account}-metrics", *ns)
     assert not cluster.kubectl(
@@ -532,6 +641,41 @@ def test_cluster_mode_installs_crds_and_rbac(cluster: KubeClient, cluster_releas
     # The Secrets exist, so NOTES has no warning, and it says how to apply a first RelayJob.
     assert "WARNING" not in release.notes
     assert "kind: RelayJob" in release.notes and "--for=condition=Succeeded" in release.notes
+
+
+def test_charts_policy_refuses_a_secret_the_user_may_not_get(
+    cluster: KubeClient, cluster_release: Release
+) -> None:
+    """The chart's policy works as installed: in this module's own cluster it is the only one, so
+    the refusal is its own (a cluster given by KUBECONFIG may have others that refuse first)."""
+    namespace = f"tenant-{SUFFIX}"
+    create_namespaces(cluster, namespace)
+    cluster.kubectl(
+        "create", "role", "author", "-n", namespace, "--verb=get,create", "--resource=relayjobs.relay.dev"
+    )
+    cluster.kubectl("create", "rolebinding", "mallory", "-n", namespace, "--role=author", "--user=mallory")
+    job = relayjob(
+        "borrow",
+        {"http": {"url": "http://127.0.0.1:9/", "headersFrom": [
+            {"name": "Authorization", "secretKeyRef": {"name": "db-root", "key": "password"}}
+        ]}},
+    )  # fmt: skip
+    expected = (
+        'RelayJob may reference Secret "db-root" only if you may get it: '
+        f'user "mallory" cannot get secrets/db-root in namespace "{namespace}"'
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        result = cluster.kubectl(
+            "--as=mallory", "create", "--dry-run=server", "-n", namespace, "-f", "-",
+            input=json.dumps(job), check=False,
+        )  # fmt: skip
+        if expected in result.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)  # a new policy takes the API server a moment to load
+    assert expected in result.stderr, result.stderr
+    if cluster.sandbox is not None:
+        assert f"ValidatingAdmissionPolicy '{cluster_release.secret_policy}'" in result.stderr
 
 
 def test_cluster_mode_operator_runs_with_the_charts_identity(
@@ -589,19 +733,32 @@ def test_cluster_mode_rbac_is_least_privilege(
             # headersFrom may name a Secret in any namespace the operator serves: here, all.
             (True, "get secrets --all-namespaces"),
             (False, "list namespaces"),
+            *policy_reads(release),
             *NEVER_CLUSTER_WIDE,
         ],
     )
 
 
-def test_namespaced_mode_installs_only_namespaced_rbac(
+def test_namespaced_mode_installs_namespaced_rbac_and_one_policy_reader(
     cluster: KubeClient, namespaced_release: Release
 ) -> None:
     release = namespaced_release
     instance = f"app.kubernetes.io/instance={release.name}"
-    assert not cluster.kubectl(
-        "get", "clusterroles,clusterrolebindings", "-l", instance, "-o", "name"
-    ).stdout.strip()
+    # Cluster-wide, only what reads its Secret-reference policy (a resource that exists only there)
+    # and the users' roles, which the chart binds to nobody.
+    cluster_wide = cluster.kubectl("get", "clusterroles,clusterrolebindings", "-l", instance, "-o", "name")
+    reader = f"{release.service_account}-secret-policy"
+    assert sorted(cluster_wide.stdout.split()) == sorted(
+        [
+            f"clusterrole.rbac.authorization.k8s.io/{reader}",
+            f"clusterrole.rbac.authorization.k8s.io/{release.service_account}-edit",
+            f"clusterrole.rbac.authorization.k8s.io/{release.service_account}-view",
+            f"clusterrolebinding.rbac.authorization.k8s.io/{reader}",
+        ]
+    )
+    cluster.kubectl(
+        "get", "validatingadmissionpolicy,validatingadmissionpolicybinding", release.secret_policy
+    )
     roles = cluster.kubectl(
         "get", "roles", "-A", "-l", instance, "-o", "jsonpath={.items[*].metadata.namespace}"
     )
@@ -652,10 +809,21 @@ def test_namespaced_mode_rbac_is_least_privilege(
     for namespace in release.watched:
         assert_least_privilege(rules_review(cluster, kubeconfig, namespace), "kopfpeerings", release.peering)
         assert_can_i(cluster, kubeconfig, needed_in(namespace, "kopfpeerings", release.peering))
-    # Outside the served namespaces, including its own, it can do nothing at all.
+    # Outside the served namespaces, including its own, it can do nothing at all: the one rule
+    # left is its read of two cluster-scoped objects, by name.
+    policy_rule = {
+        "verbs": ["get"],
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["validatingadmissionpolicies", "validatingadmissionpolicybindings"],
+        "resourceNames": [release.secret_policy],
+    }
     for namespace in (release.namespace, f"outside-{SUFFIX}", "default"):
         rules = rules_review(cluster, kubeconfig, namespace)
-        extra = [r for r in rules if not set(r["resources"]) <= {n.split(".")[0] for n in SELF_REVIEWS}]
+        extra = [
+            r
+            for r in rules
+            if not set(r["resources"]) <= {n.split(".")[0] for n in SELF_REVIEWS} and r != policy_rule
+        ]
         assert not extra, f"permissions in {namespace}, which is not served: {extra}"
         assert_can_i(
             cluster,
@@ -672,6 +840,7 @@ def test_namespaced_mode_rbac_is_least_privilege(
             (False, "watch namespaces"),
             (False, "list clusterkopfpeerings.kopf.dev"),
             (False, "get secrets --all-namespaces"),
+            *policy_reads(release),
             *NEVER_CLUSTER_WIDE,
         ],
     )

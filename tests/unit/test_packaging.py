@@ -6,6 +6,9 @@ tests/e2e/test_helm_chart.py; the Dockerfile is in tests/integration/test_docker
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,11 +19,21 @@ import pytest
 import yaml
 
 from controller.sandbox.binaries import Binaries, BinaryError
+from controller.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "relayjob-operator"
 NAMESPACED_VALUES = CHART / "ci" / "namespaced-values.yaml"
 Doc = dict[str, Any]
+# Release "relay": what the operator reads at start-up, by name, and nothing more.
+POLICY_NAME = "relay-relayjob-operator-secret-references"
+POLICY_RULE = {
+    "apiGroups": ["admissionregistration.k8s.io"],
+    "resources": ["validatingadmissionpolicies", "validatingadmissionpolicybindings"],
+    "resourceNames": [POLICY_NAME],
+    "verbs": ["get"],
+}
+USER_ROLES = ("relay-relayjob-operator-edit", "relay-relayjob-operator-view")
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +131,15 @@ def test_install_yaml_is_the_default_chart_in_its_namespace() -> None:
     }
     assert not of_kind(docs, "CustomResourceDefinition"), "CRDs are applied from their own files first"
     assert not of_kind(docs, "Pod"), "helm test hooks do not belong in a plain install"
+    cluster_scoped = (
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ClusterKopfPeering",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    )
     for doc in docs[1:]:
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"):
+        if doc["kind"] not in cluster_scoped:
             assert doc["metadata"]["namespace"] == "relayjob-system", doc["metadata"]
 
 
@@ -202,13 +222,26 @@ def test_bundled_servers_are_off_by_default(helm: Path) -> None:
 
 
 def _rules(docs: list[Doc]) -> list[Doc]:
-    return [rule for doc in docs if doc["kind"] in ("Role", "ClusterRole") for rule in doc["rules"]]
+    """The rules of every (Cluster)Role bound to the operator's ServiceAccount."""
+    bound = {
+        (doc["roleRef"]["kind"], doc["roleRef"]["name"], doc["metadata"].get("namespace"))
+        for doc in docs
+        if doc["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        and any(s["name"] == "relay-relayjob-operator" for s in doc["subjects"])
+    }
+    return [
+        rule
+        for doc in docs
+        if (doc["kind"], doc["metadata"]["name"], doc["metadata"].get("namespace")) in bound
+        for rule in doc["rules"]
+    ]
 
 
 def test_rbac_cluster_scope(helm: Path) -> None:
     docs = render(helm)
     assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
     (binding,) = of_kind(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == "relay-relayjob-operator"
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "relay-relayjob-operator", "namespace": "relay-system"}
     ]
@@ -217,9 +250,19 @@ def test_rbac_cluster_scope(helm: Path) -> None:
     _assert_least(_rules(docs), "clusterkopfpeerings")
 
 
-def test_rbac_namespaced_scope_has_nothing_cluster_wide(helm: Path) -> None:
+def test_rbac_namespaced_scope_has_nothing_cluster_wide_but_reading_its_policy(helm: Path) -> None:
     docs = render(helm, "-f", str(NAMESPACED_VALUES))
-    assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
+    # Cluster-wide, the operator may only read its own Secret-reference policy and binding; the
+    # other ClusterRoles are the users' aggregated ones, bound to nobody by the chart.
+    (binding,) = of_kind(docs, "ClusterRoleBinding")
+    reader = next(
+        d for d in of_kind(docs, "ClusterRole") if d["metadata"]["name"] == binding["roleRef"]["name"]
+    )
+    assert reader["rules"] == [POLICY_RULE]
+    assert {d["metadata"]["name"] for d in of_kind(docs, "ClusterRole")} == {
+        "relay-relayjob-operator-secret-policy",
+        *USER_ROLES,
+    }
     assert not of_kind(docs, "ClusterKopfPeering")
     watched = ["relay-apps", "relay-batch"]
     for kind in ("Role", "RoleBinding", "KopfPeering"):
@@ -245,6 +288,8 @@ def _assert_least(rules: list[Doc], peering_resource: str) -> None:
         ("", "secrets"): {"get"},
         ("kopf.dev", peering_resource): {"list", "watch", "patch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+        ("admissionregistration.k8s.io", "validatingadmissionpolicies"): {"get"},
+        ("admissionregistration.k8s.io", "validatingadmissionpolicybindings"): {"get"},
     }
     seen: set[tuple[str, str]] = set()
     for rule in rules:
@@ -259,6 +304,8 @@ def _assert_least(rules: list[Doc], peering_resource: str) -> None:
                     assert rule.get("resourceNames") == ["relay-relayjob-operator"], (
                         "patch only its own peering"
                     )
+                if group == "admissionregistration.k8s.io":
+                    assert rule == POLICY_RULE, "read only its own policy and binding, by name"
                 seen.add(key)
     assert {key for key in allowed if key[1] != "customresourcedefinitions"} <= seen
 
@@ -266,6 +313,410 @@ def _assert_least(rules: list[Doc], peering_resource: str) -> None:
 def test_secret_access_can_be_turned_off(helm: Path) -> None:
     rules = _rules(render(helm, "--set", "rbac.readSecrets=false"))
     assert all("secrets" not in rule["resources"] for rule in rules)
+
+
+# -- the Secret-reference policy and the users' roles ------------------------------------------
+
+
+def test_secret_policy_is_rendered_by_default_and_named_for_the_operator(helm: Path) -> None:
+    docs = render(helm)
+    (policy,) = of_kind(docs, "ValidatingAdmissionPolicy")
+    (binding,) = of_kind(docs, "ValidatingAdmissionPolicyBinding")
+    assert policy["metadata"]["name"] == binding["metadata"]["name"] == POLICY_NAME
+    assert binding["spec"] == {"policyName": POLICY_NAME, "validationActions": ["Deny"]}
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"] == [
+        {
+            "apiGroups": ["relay.dev"],
+            "apiVersions": ["*"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["relayjobs"],
+        }
+    ]
+    # Every refusal is Forbidden and says what is missing; one authorizer check per expression.
+    for validation in spec["validations"]:
+        assert validation["reason"] == "Forbidden" and validation["messageExpression"]
+        assert validation["expression"].count(".check(") <= 1
+    (deployment,) = of_kind(docs, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RELAY_SECRET_POLICY_NAME"] == POLICY_NAME
+    assert env["RELAY_REQUIRE_SECRET_POLICY"] == "false"
+    assert POLICY_RULE in _rules(docs)
+
+
+def test_secret_policy_can_be_turned_off_and_required(helm: Path) -> None:
+    docs = render(helm, "--set", "secretPolicy.enabled=false", "--set", "secretPolicy.required=true")
+    assert not of_kind(docs, "ValidatingAdmissionPolicy")
+    assert not of_kind(docs, "ValidatingAdmissionPolicyBinding")
+    (deployment,) = of_kind(docs, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RELAY_REQUIRE_SECRET_POLICY"] == "true"
+
+
+def test_secret_policy_refuses_a_cluster_older_than_1_30_with_the_way_out(helm: Path) -> None:
+    result = helm_run(helm, "template", "relay", str(CHART), "--kube-version", "1.29.4")
+    assert result.returncode != 0
+    assert "secretPolicy.enabled needs Kubernetes 1.30 or later" in result.stderr, result.stderr
+    assert "set secretPolicy.enabled=false" in result.stderr
+    old = helm_run(
+        helm,
+        "template",
+        "relay",
+        str(CHART),
+        "--kube-version",
+        "1.29.4",
+        "--set",
+        "secretPolicy.enabled=false",
+    )
+    assert old.returncode == 0, old.stderr
+
+
+def test_plain_secret_policy_is_what_the_operator_looks_for_by_default() -> None:
+    docs = [d for d in yaml.safe_load_all((REPO / "manifests" / "secret-policy.yaml").read_text()) if d]
+    assert [d["kind"] for d in docs] == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    default = Settings.model_fields["secret_policy_name"].default
+    assert {d["metadata"]["name"] for d in docs} == {default}
+    assert docs[1]["spec"]["policyName"] == default
+
+
+def test_users_roles_aggregate_into_the_built_in_roles(helm: Path) -> None:
+    for args in ((), ("-f", str(NAMESPACED_VALUES))):
+        roles = {
+            d["metadata"]["name"]: d
+            for d in of_kind(render(helm, *args), "ClusterRole")
+            if d["metadata"]["name"] in USER_ROLES
+        }
+        edit, view = roles[USER_ROLES[0]], roles[USER_ROLES[1]]
+        aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+        assert {
+            k for k, v in edit["metadata"]["labels"].items() if k.startswith(aggregate) and v == "true"
+        } == {
+            f"{aggregate}admin",
+            f"{aggregate}edit",
+        }
+        assert {
+            k for k, v in view["metadata"]["labels"].items() if k.startswith(aggregate) and v == "true"
+        } == {f"{aggregate}view"}
+        assert _verbs(view) == {
+            "relayjobs": {"get", "list", "watch"},
+            "relayjobs/status": {"get", "list", "watch"},
+        }
+        assert _verbs(edit) == {
+            "relayjobs": {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"},
+            "relayjobs/status": {"get", "list", "watch"},
+        }
+    docs = render(helm, "--set", "rbac.aggregateClusterRoles=false")
+    assert not {d["metadata"]["name"] for d in of_kind(docs, "ClusterRole")} & set(USER_ROLES)
+
+
+def _verbs(role: Doc) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == ["relay.dev"] and not rule.get("resourceNames")
+        for resource in rule["resources"]:
+            out.setdefault(resource, set()).update(rule["verbs"])
+    return out
+
+
+# -- the NetworkPolicy -------------------------------------------------------------------------
+
+LINK_LOCAL = ipaddress.ip_network("169.254.0.0/16")
+OPERATOR_PODS = {
+    "app.kubernetes.io/name": "relayjob-operator",
+    "app.kubernetes.io/instance": "relay",
+    "app.kubernetes.io/component": "operator",
+}
+DNS_RULE = {
+    "to": [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ],
+    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+}
+API_SERVER = ["10.96.0.1/32", "172.18.0.2/32"]
+API_SERVER_RULE = {
+    "to": [{"ipBlock": {"cidr": cidr}} for cidr in API_SERVER],
+    "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}],
+}
+# The least a NetworkPolicy needs besides the bundled servers: where the API server is.
+NETWORK_POLICY_ON = (
+    "--set",
+    "networkPolicy.enabled=true",
+    "--set-json",
+    f"networkPolicy.egress.apiServer.cidrs={json.dumps(API_SERVER)}",
+)
+BUNDLED = ("--set", "redis.bundled.enabled=true", "--set", "postgresql.bundled.enabled=true")
+
+
+def readme_network_policy_example() -> str:
+    """The values of the chart README's example ("targets only in 10.0.0.0/8 port 443")."""
+    section = (CHART / "README.md").read_text().split("## Network policy", 1)[1].split("\n## ", 1)[0]
+    (example,) = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+    return example
+
+
+def network_policy(docs: list[Doc]) -> Doc:
+    (policy,) = of_kind(docs, "NetworkPolicy")
+    return policy
+
+
+def pods_labels(docs: list[Doc]) -> dict[str, dict[str, str]]:
+    return {
+        doc["metadata"]["name"]: doc["spec"]["template"]["metadata"]["labels"]
+        for doc in docs
+        if doc["kind"] == "Deployment"
+    }
+
+
+def assert_never_link_local(policy: Doc) -> None:
+    """No rule reaches 169.254.0.0/16: every rule names its peers (none means everywhere), and no
+    ipBlock overlaps the range without excepting all of it."""
+    for rule in policy["spec"]["egress"]:
+        assert rule.get("to"), f"a rule without peers allows every address: {rule}"
+        for peer in rule["to"]:
+            block = peer.get("ipBlock")
+            if not block:
+                continue
+            network = ipaddress.ip_network(block["cidr"])
+            if network.version != 4 or not network.overlaps(LINK_LOCAL):
+                continue
+            excepted = [ipaddress.ip_network(e) for e in block.get("except", [])]
+            assert any(LINK_LOCAL.subnet_of(e) for e in excepted), f"{block} reaches {LINK_LOCAL}"
+
+
+def test_network_policy_is_off_by_default(helm: Path) -> None:
+    assert not of_kind(render(helm), "NetworkPolicy")
+    assert not of_kind(render(helm, *BUNDLED), "NetworkPolicy")
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicy"]
+    assert defaults["enabled"] is False
+    assert defaults["egress"]["targets"] == [] and defaults["egress"]["apiServer"]["cidrs"] == []
+
+
+def test_network_policy_of_the_readme_example_allows_exactly_its_egress(helm: Path, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(readme_network_policy_example())
+    docs = render(helm, "-f", str(values))
+    policy = network_policy(docs)
+    assert policy["metadata"]["name"] == "relay-relayjob-operator"
+    assert policy["metadata"]["namespace"] == "relay-system"
+    spec = policy["spec"]
+    # It selects the operator's pods, and only them: not the bundled servers'.
+    assert spec["podSelector"] == {"matchLabels": OPERATOR_PODS}
+    selected = {name for name, labels in pods_labels(docs).items() if OPERATOR_PODS.items() <= labels.items()}
+    assert selected == {"relay-relayjob-operator"}
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    server = {"app.kubernetes.io/name": "relayjob-operator", "app.kubernetes.io/instance": "relay"}
+    assert spec["egress"] == [
+        DNS_RULE,
+        API_SERVER_RULE,
+        {
+            "to": [{"podSelector": {"matchLabels": {**server, "app.kubernetes.io/component": "redis"}}}],
+            "ports": [{"protocol": "TCP", "port": 6379}],
+        },
+        {
+            "to": [{"podSelector": {"matchLabels": {**server, "app.kubernetes.io/component": "postgresql"}}}],
+            "ports": [{"protocol": "TCP", "port": 5432}],
+        },
+        {"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"protocol": "TCP", "port": 443}]},
+    ]
+    # The bundled servers' pods carry the labels the rules select, on the ports they name.
+    labels = pods_labels(docs)
+    assert (
+        labels["relay-relayjob-operator-redis"].items()
+        >= spec["egress"][2]["to"][0]["podSelector"]["matchLabels"].items()
+    )
+    assert (
+        labels["relay-relayjob-operator-postgresql"].items()
+        >= spec["egress"][3]["to"][0]["podSelector"]["matchLabels"].items()
+    )
+    assert_never_link_local(policy)
+
+
+def test_network_policy_reaches_external_servers_and_admits_only_the_given_scrapers(
+    helm: Path, tmp_path: Path
+) -> None:
+    redis = [{"ipBlock": {"cidr": "10.20.0.5/32"}}]
+    postgresql = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "databases"}}}]
+    prometheus = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    targets = [
+        {
+            "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "169.254.0.0/16"]}}],
+            "ports": [{"protocol": "TCP", "port": 443}],
+        },
+        {"to": [{"namespaceSelector": {"matchLabels": {"team": "hooks"}}}]},
+    ]
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "config": {"httpPort": 9090},
+                "networkPolicy": {
+                    "ingress": {"from": prometheus},
+                    "egress": {
+                        "redis": {"to": redis, "ports": [{"protocol": "TCP", "port": 6380}]},
+                        "postgresql": {"to": postgresql},
+                        "targets": targets,
+                    },
+                },
+            }
+        )
+    )
+    docs = render(helm, *NETWORK_POLICY_ON, "-f", str(values))
+    spec = network_policy(docs)["spec"]
+    assert spec["egress"] == [
+        DNS_RULE,
+        API_SERVER_RULE,
+        {"to": redis, "ports": [{"protocol": "TCP", "port": 6380}]},
+        {"to": postgresql, "ports": [{"protocol": "TCP", "port": 5432}]},
+        *targets,
+    ]
+    # `helm test` reads /readyz from a pod of its own: it is let in along with the given peers.
+    (test_pod,) = of_kind(render(helm, "--show-only", "templates/tests/test-readyz.yaml"), "Pod")
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 9090}]
+    assert rule["from"][:-1] == prometheus
+    assert test_pod["metadata"]["labels"].items() >= rule["from"][-1]["podSelector"]["matchLabels"].items()
+    assert_never_link_local(network_policy(docs))
+
+
+def _values_file(tmp_path: Path, egress: Doc) -> Path:
+    """Values with a NetworkPolicy whose every required peer is set, changed by `egress`."""
+    base: Doc = {
+        "apiServer": {"cidrs": API_SERVER},
+        "redis": {"to": [{"ipBlock": {"cidr": "10.20.0.5/32"}}]},
+        "postgresql": {"to": [{"ipBlock": {"cidr": "10.20.0.6/32"}}]},
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({"networkPolicy": {"enabled": True, "egress": {**base, **egress}}}))
+    return path
+
+
+def _egress_with_block(where: str, block: Doc) -> tuple[str, Doc]:
+    """The key an error names and the egress values putting `block` at `where`."""
+    if where == "apiServer":
+        return "networkPolicy.egress.apiServer.cidrs[0]", {"apiServer": {"cidrs": [block["cidr"]]}}
+    if where == "targets":
+        return "networkPolicy.egress.targets[0].to[0].ipBlock.cidr", {
+            "targets": [{"to": [{"ipBlock": block}]}]
+        }
+    return f"networkPolicy.egress.{where}.to[0].ipBlock.cidr", {where: {"to": [{"ipBlock": block}]}}
+
+
+LINK_LOCAL_BLOCKS: list[Doc] = [
+    {"cidr": "0.0.0.0/0"},
+    {"cidr": "128.0.0.0/1"},
+    {"cidr": "169.0.0.0/8"},
+    {"cidr": "169.254.0.0/16"},
+    {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]},
+]
+
+
+@pytest.mark.parametrize(
+    ("where", "block"),
+    [
+        (where, block)
+        for where in ("targets", "redis", "postgresql", "dns", "apiServer")
+        for block in LINK_LOCAL_BLOCKS
+        # The API server's entries are plain CIDRs, without except.
+        if not (where == "apiServer" and "except" in block)
+    ],
+)
+def test_network_policy_refuses_a_block_containing_link_local(
+    helm: Path, tmp_path: Path, where: str, block: Doc
+) -> None:
+    key, egress = _egress_with_block(where, block)
+    path = _values_file(tmp_path, egress)
+    result = helm_run(helm, "template", "relay", str(CHART), "--kube-version", "1.36.0", "-f", str(path))
+    assert result.returncode != 0
+    assert f"{key} {block['cidr']} contains 169.254.0.0/16" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("where", ["targets", "redis", "postgresql", "dns"])
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]},
+        {"cidr": "128.0.0.0/1", "except": ["160.0.0.0/4"]},
+        {"cidr": "169.254.20.10/32"},
+    ],
+)
+def test_network_policy_accepts_blocks_that_leave_link_local_out(
+    helm: Path, tmp_path: Path, where: str, block: Doc
+) -> None:
+    """The range excepted whole (or wider), or a single address in it chosen on purpose, such as
+    NodeLocal DNSCache's: only a block that takes in all of it by accident is refused."""
+    _, egress = _egress_with_block(where, block)
+    policy = network_policy(render(helm, "-f", str(_values_file(tmp_path, egress))))
+    assert {"ipBlock": block} in [peer for rule in policy["spec"]["egress"] for peer in rule["to"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--set", "networkPolicy.enabled=true", *BUNDLED), "networkPolicy.egress.apiServer.cidrs is empty"),
+        (
+            NETWORK_POLICY_ON,
+            "networkPolicy.egress.redis.to is empty: name where the server in redis.existingSecret",
+        ),
+        (
+            (*NETWORK_POLICY_ON, "--set", "redis.bundled.enabled=true"),
+            "networkPolicy.egress.postgresql.to is empty: name where the server in postgresql.existingSecret",
+        ),
+    ],
+)
+def test_network_policy_without_a_required_address_fails_naming_it(
+    helm: Path, args: tuple[str, ...], message: str
+) -> None:
+    result = helm_run(helm, "template", "relay", str(CHART), "--kube-version", "1.36.0", *args)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ("enabled: 'yes'", "at '/networkPolicy/enabled': got string, want boolean"),
+        ("egres: {}", "at '/networkPolicy': additional properties 'egres' not allowed"),
+        ("egress: {apiServer: {cidrs: [10.0.0.1]}}", "at '/networkPolicy/egress/apiServer/cidrs/0'"),
+        ("egress: {apiServer: {cidrs: [10.0.0.300/32]}}", "at '/networkPolicy/egress/apiServer/cidrs/0'"),
+        ("egress: {dns: {to: []}}", "at '/networkPolicy/egress/dns/to': minItems: got 0, want 1"),
+        ("egress: {redis: {ports: []}}", "at '/networkPolicy/egress/redis/ports': minItems: got 0, want 1"),
+        (
+            "egress: {targets: [{ports: [{port: 443}]}]}",
+            "at '/networkPolicy/egress/targets/0': missing property 'to'",
+        ),
+        ("egress: {targets: [{to: []}]}", "at '/networkPolicy/egress/targets/0/to': minItems: got 0, want 1"),
+        (
+            "egress: {targets: [{to: [{ipblock: {cidr: 10.0.0.0/8}}]}]}",
+            "at '/networkPolicy/egress/targets/0/to/0': additional properties 'ipblock' not allowed",
+        ),
+        (
+            "egress: {targets: [{to: [{ipBlock: {cidr: 10.0.0.0/8}}], ports: [{port: 70000}]}]}",
+            "at '/networkPolicy/egress/targets/0/ports/0/port': maximum",
+        ),
+        (
+            "egress: {targets: [{to: [{ipBlock: {cidr: 10.0.0.0/8}}], ports: [{protocol: ICMP}]}]}",
+            "at '/networkPolicy/egress/targets/0/ports/0/protocol'",
+        ),
+        (
+            "ingress: {from: [{ipBlock: {cidr: 10.0.0.0/33}}]}",
+            "at '/networkPolicy/ingress/from/0/ipBlock/cidr'",
+        ),
+    ],
+)
+def test_schema_rejects_bad_network_policy_values(
+    helm: Path, tmp_path: Path, values: str, message: str
+) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(f"networkPolicy: {{{values}}}\n")
+    result = helm_run(helm, "template", "relay", str(CHART), "--kube-version", "1.36.0", "-f", str(path))
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert message in result.stderr, result.stderr
 
 
 # -- values validation -------------------------------------------------------------------------

@@ -49,6 +49,11 @@ app.kubernetes.io/part-of: relayjob-operator
 {{- default (include "relayjob.fullname" .) .Values.peeringName }}
 {{- end }}
 
+{{/* The ValidatingAdmissionPolicy on Secret references, and its binding: one name for both. */}}
+{{- define "relayjob.secretPolicyName" -}}
+{{ include "relayjob.fullname" . }}-secret-references
+{{- end }}
+
 {{- define "relayjob.image" -}}
 {{- $tag := default .Chart.AppVersion .Values.image.tag }}
 {{- if .Values.image.digest }}
