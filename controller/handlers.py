@@ -3,6 +3,9 @@
 Handlers use `on.event`, not `on.create`/`on.update`: kopf writes nothing back to the object for
 event handlers (no last-handled-configuration annotation, no progress), so a job costs no extra
 API write, and admission is idempotent by uid in the ledger anyway.
+
+kopf reads RelayJobs through a decoder that cannot overflow (`json_guard`), in its lists and its
+watch streams alike: the API server stores objects far deeper than Python's json can decode.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
+import aiohttp
 import kopf
+from kopf._cogs.clients import api as kopf_api
 
+from controller.adapters import json_guard
 from controller.adapters.kube import GROUP, PLURAL, VERSION
 from controller.runtime.app import App
 from controller.runtime.retry import until_done
@@ -56,6 +62,46 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
+class BoundedJsonResponse(aiohttp.ClientResponse):
+    """A response whose JSON is decoded with its nesting bounded (see `json_guard`): kopf decodes
+    every list of RelayJobs with `response.json()`, and a deep one stopped it on every start."""
+
+    async def json(
+        self,
+        *,
+        encoding: str | None = None,
+        loads: aiohttp.typedefs.JSONDecoder = json_guard.loads,
+        content_type: str | None = "application/json",
+    ) -> Any:
+        return await super().json(encoding=encoding, loads=loads, content_type=content_type)
+
+
+def bounded_session(info: kopf.ConnectionInfo) -> kopf.AiohttpSession:
+    """The session kopf would open for `info`, but with `BoundedJsonResponse` for every answer."""
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+        response_class=BoundedJsonResponse,
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session,
+        server=info.server,
+        default_namespace=info.default_namespace,
+        priority=info.priority,
+        expiration=info.expiration,
+    )
+
+
+def bound_watch_decoding() -> None:
+    """Make kopf decode watch events with `json_guard.loads`. kopf splits the stream into lines
+    itself and decodes each with the `json` module it imported, which no setting or session can
+    replace; its `json` is therefore swapped for `json_guard`, which offers the same `loads`.
+    `tests/integration/test_kopf_decoding.py` fails if kopf stops decoding the stream that way."""
+    kopf_api.json = json_guard  # type: ignore[attr-defined]
+
+
 def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="relay.dev")
     settings.persistence.diffbase_storage = NoDiffBase()
@@ -87,6 +133,7 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
 
 
 def build_registry(app: App) -> kopf.OperatorRegistry:
+    bound_watch_decoding()
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
@@ -94,8 +141,9 @@ def build_registry(app: App) -> kopf.OperatorRegistry:
         configure(settings, app.settings)
 
     @kopf.on.login(registry=registry)
-    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_via_client(**kwargs)
+    async def _login(**kwargs: Any) -> kopf.AiohttpSession | None:
+        info = kopf.login_via_client(**kwargs)
+        return None if info is None else bounded_session(info)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def _event(*, type: str, event: kopf.RawEvent, **_: Any) -> None:

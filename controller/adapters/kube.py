@@ -209,6 +209,13 @@ class KubeClient:
         """Raise KubeError unless the API server answers its readiness endpoint."""
         await self._request("GET", "/readyz", timeout=aiohttp.ClientTimeout(total=2))
 
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Any other API call, by path, with aiohttp's request arguments (`json`, `params`,
+        `timeout`...): the answer decoded when it is JSON, else None; KubeError as for the calls
+        above. The operator makes none; the bench makes its own calls through it, so that it
+        measures the API server with the operator's client."""
+        return await self._request(method, path, answer=True, **kwargs)
+
     async def get_admission_object(self, plural: str, name: str) -> dict[str, Any] | None:
         """A cluster-scoped admissionregistration.k8s.io/v1 object (e.g. plural
         `validatingadmissionpolicies`), or None when there is none of that name; an API server that

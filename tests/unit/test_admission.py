@@ -1,4 +1,10 @@
-from controller.core.admission import Admitted, Refused, admit
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from controller.adapters import json_guard
+from controller.core.admission import MAX_PAYLOAD_DEPTH, Admitted, Refused, admit
 from controller.model.phases import Reason
 
 EXECUTORS = {"noop", "http"}
@@ -51,3 +57,82 @@ def test_deep_nesting_is_refused() -> None:
         node = node["x"]  # type: ignore[assignment]
     verdict = admit({"target": {"noop": {}}, "payload": payload}, 65536, EXECUTORS)
     assert isinstance(verdict, Refused) and "deeper" in verdict.message
+
+
+def chain(levels: int, leaf: object = "leaf") -> dict[str, object]:
+    """A payload whose leaf is `levels` containers below it: {"k": {"k": ... leaf}}."""
+    node: object = leaf
+    for _ in range(levels):
+        node = {"k": node}
+    assert isinstance(node, dict)
+    return node
+
+
+@contextmanager
+def recursion_budget(frames: int) -> Iterator[None]:
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(traceback.extract_stack()) + frames)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
+
+
+def test_a_deep_payload_is_refused_as_too_deep_at_any_depth() -> None:
+    assert isinstance(
+        admit({"target": {"noop": {}}, "payload": chain(MAX_PAYLOAD_DEPTH)}, 65536, EXECUTORS), Admitted
+    )
+    for levels in (MAX_PAYLOAD_DEPTH + 1, 985, 100_000):
+        verdict = admit({"target": {"noop": {}}, "payload": chain(levels)}, 65536, EXECUTORS)
+        assert verdict == Refused(Reason.PAYLOAD_TOO_DEEP, "spec.payload nests deeper than 100 levels")
+
+
+def test_admission_walks_the_spec_without_recursion() -> None:
+    # The walk of a user's document keeps its own stack; Python's would run out on some input.
+    deep = {"target": {"noop": {}}, "payload": chain(100_000)}
+    nul_at_the_bottom = {"target": {"noop": {}}, "payload": chain(MAX_PAYLOAD_DEPTH - 1, "a\x00")}
+    with recursion_budget(40):
+        verdicts = [admit(deep, 65536, EXECUTORS), admit(nul_at_the_bottom, 65536, EXECUTORS)]
+    assert [v.reason for v in verdicts if isinstance(v, Refused)] == [
+        Reason.PAYLOAD_TOO_DEEP,
+        Reason.INVALID_SPEC,
+    ]
+
+
+def test_deep_or_unstorable_values_anywhere_in_the_spec_are_refused() -> None:
+    # Plug-in configurations and header maps are kept as given, and stored with the spec.
+    cases = {
+        "spec.target nests deeper than 100 levels": {"target": {"mystery": chain(500)}},
+        "spec.target contains a NUL": {"target": {"http": {"url": "http://h/", "headers": {"X": "a\x00"}}}},
+        "spec.target contains a lone UTF-16 surrogate": {"target": {"mystery": {"k\udc00": 1}}},
+    }
+    for message, spec in cases.items():
+        verdict = admit(spec, 65536, {*EXECUTORS, "mystery"})
+        assert isinstance(verdict, Refused) and verdict.reason is Reason.INVALID_SPEC, (message, verdict)
+        assert verdict.message.startswith(message), verdict
+
+
+def test_a_payload_the_watch_decoder_truncated_is_always_refused() -> None:
+    """The watch decoder cuts whatever nests deeper than json_guard.MAX_DEPTH; admission's own
+    bound is far lower, so the job carrying a cut payload is refused, never run as cut."""
+    payload = '{"k":' * (json_guard.MAX_DEPTH + 50) + "1" + "}" * (json_guard.MAX_DEPTH + 50)
+    spec = '{"target":{"noop":{}},"payload":' + payload + "}"
+    event = json_guard.loads('{"type":"ADDED","object":{"metadata":{"name":"x"},"spec":' + spec + "}}")
+    listed = json_guard.loads('{"items":[{"metadata":{"name":"x"},"spec":' + spec + "}]}")
+    for decoded in (event["object"]["spec"], listed["items"][0]["spec"]):
+        verdict = admit(decoded, 65536, EXECUTORS)
+        assert isinstance(verdict, Refused) and verdict.reason is Reason.PAYLOAD_TOO_DEEP
+
+
+def test_a_start_after_the_last_instant_in_utc_is_refused_and_one_before_year_one_is_past() -> None:
+    # RFC 3339 writes both; in UTC the first is in year 10000, which no datetime holds.
+    verdict = admit({"target": {"noop": {}}, "notBefore": "9999-12-31T23:59:59-23:59"}, 65536, EXECUTORS)
+    assert isinstance(verdict, Refused) and verdict.reason is Reason.INVALID_SPEC
+    assert verdict.message.startswith(
+        "spec.notBefore 9999-12-31T23:59:59-23:59 is after 9999-12-31T23:59:59Z"
+    )
+    for past in ("0001-01-01T00:00:00+23:59", "0001-01-01T00:00:00Z"):
+        assert isinstance(admit({"target": {"noop": {}}, "notBefore": past}, 65536, EXECUTORS), Admitted)
+    assert isinstance(
+        admit({"target": {"noop": {}}, "notBefore": "9999-12-31T23:59:59Z"}, 65536, EXECUTORS), Admitted
+    )
