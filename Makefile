@@ -11,9 +11,9 @@ run: setup
 	$(PY) -m controller dev
 
 lint: setup
-	$(PY) -m ruff check controller tests bench scripts
-	$(PY) -m ruff format --check controller tests bench scripts
-	$(PY) -m mypy controller bench
+	$(PY) -m ruff check controller devtools tests bench scripts
+	$(PY) -m ruff format --check controller devtools tests bench scripts
+	$(PY) -m mypy controller devtools bench
 	.venv/bin/lint-imports
 
 test: lint

@@ -4,9 +4,10 @@ e2e: once one warm-up job has gone through, N RelayJobs created through the API 
 concurrency while a watch records when each one shows `Completed`; jobs/s over the whole run,
 create-to-Completed latency per job, and the API writes the operator made per job, from the API
 server's own `apiserver_request_total` (write verbs on relayjobs and events, minus the bench's
-creates). Beside it, the physical limit: the rate at which a plain client patches RelayJob status
-on the same API server. The operator authenticates with a ServiceAccount token, as it does in a
-cluster; the bench's own clients use the sandbox's admin certificate.
+creates). Beside it, the physical limit: the rate at which the operator's status write
+(`KubeClient.patch_status`), from a process doing nothing else, patches RelayJob status on the same
+API server. The operator authenticates with a ServiceAccount token, as it does in a cluster; the
+bench's own calls go through the operator's client too, with the sandbox's admin certificate.
 
 memory: RSS of an operator process idle, then with 1,000 and 10,000 RelayJobs created and completed.
 """
@@ -24,16 +25,21 @@ import psutil
 
 from bench.env import PYTHON, ROOT, WORK, Servers, log
 from bench.kube import (
-    Api,
     Operator,
+    admin,
     bounded,
+    client,
+    create_job,
+    create_namespace,
     delta,
+    list_version,
     raw_status_patch_rate,
     service_account_token,
     write_counts,
 )
-from controller.sandbox.pki import write_kubeconfig
-from controller.sandbox.servers import KubeAPIServer
+from controller.adapters.kube import KubeClient
+from devtools.pki import write_kubeconfig
+from devtools.servers import KubeAPIServer
 
 CREATE_CONCURRENCY = 64
 
@@ -54,9 +60,9 @@ def _operator(servers: Servers, tag: str) -> tuple[Operator, str]:
     return Operator(env, WORK / "logs" / f"operator-{tag}-{suffix}.log"), namespace
 
 
-async def _start(operator: Operator, api: Api, server: KubeAPIServer, namespace: str) -> None:
+async def _start(operator: Operator, api: KubeClient, server: KubeAPIServer, namespace: str) -> None:
     """Create the operator's namespace and its ServiceAccount, and start it with that account's token."""
-    await api.create_namespace(namespace)
+    await create_namespace(api, namespace)
     token = await service_account_token(api, namespace)
     kubeconfig = WORK / f"kubeconfig-{namespace}"
     write_kubeconfig(kubeconfig, server.pki, server.url, token=token)
@@ -94,14 +100,14 @@ class Tracker:
 
 
 async def _create_and_wait(
-    api: Api, namespace: str, names: list[str], tracker: Tracker, timeout: float
+    api: KubeClient, namespace: str, names: list[str], tracker: Tracker, timeout: float
 ) -> float:
     tracker.expected += len(names)
     tracker.all_done.clear()
 
     async def create(name: str) -> None:
         tracker.created[name] = time.time()
-        await api.create_job(namespace, name)
+        await create_job(api, namespace, name)
 
     began = time.time()
     await bounded(CREATE_CONCURRENCY, (create(n) for n in names))
@@ -161,11 +167,11 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
     )
     log(f"e2e: raw status patches {raw['per_s']:.0f}/s")
     operator, namespace = _operator(servers, "e2e")
-    api = Api(server, connections=CREATE_CONCURRENCY)
+    api = client(admin(server), connections=CREATE_CONCURRENCY)
     tracker = Tracker()
     try:
         await _start(operator, api, server, namespace)
-        version = await api.list_version(namespace)
+        version = await list_version(api, namespace)
         watcher = asyncio.create_task(tracker.follow(server, namespace, version))
         # One job through first: the clock measures an operator that is running, not kopf's first
         # list of a resource whose watch cache is still initialising on a just-started API server.
@@ -244,7 +250,7 @@ def _rss_mib(pid: int) -> float:
 async def _memory(servers: Servers, steps: tuple[int, ...]) -> dict[str, Any]:
     server = servers.sandbox.apiserver
     operator, namespace = _operator(servers, "mem")
-    api = Api(server, connections=CREATE_CONCURRENCY)
+    api = client(admin(server), connections=CREATE_CONCURRENCY)
     tracker = Tracker()
     out: dict[str, Any] = {}
     peak = 0.0
@@ -253,7 +259,7 @@ async def _memory(servers: Servers, steps: tuple[int, ...]) -> dict[str, Any]:
         await asyncio.sleep(5.0)
         out["idle_mib"] = round(_rss_mib(operator.pid), 1)
         log(f"memory: idle {out['idle_mib']} MiB")
-        version = await api.list_version(namespace)
+        version = await list_version(api, namespace)
         watcher = asyncio.create_task(tracker.follow(server, namespace, version))
         have = 0
         for step in steps:

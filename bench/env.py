@@ -25,9 +25,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 
-from controller.sandbox.binaries import find_postgres_bindir
-from controller.sandbox.sandbox import Sandbox
-from controller.sandbox.servers import PostgresServer
+from devtools.binaries import find_postgres_bindir
+from devtools.sandbox import Sandbox
+from devtools.servers import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"

@@ -1,132 +1,103 @@
-"""A plain async client of the sandbox's API server, as cluster-admin, and the operator as a process.
+"""The bench's calls to the sandbox's API server, as cluster-admin, and the operator as a process.
 
-The bench's creates and its watch go through here; so does the "physical limit": how fast a plain
-client patches RelayJob status on the same API server, with the same kind of body the operator sends.
+Every call goes through the operator's own client (`controller.adapters.kube`): the creates, the
+ServiceAccount the operator runs as, and the "physical limit", how fast a client patches RelayJob
+status on the same API server with exactly the operator's request. The watch that times each
+`Completed` is in `bench.tracker`, in a process of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, TypeVar
+from uuid import UUID
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.env import PYTHON, log
-from controller.sandbox.operator_process import OperatorProcess
-from controller.sandbox.servers import KubeAPIServer
+from bench.env import PYTHON
+from controller.adapters.kube import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    Credentials,
+    KubeClient,
+    KubeError,
+)
+from controller.model.jobs import JobRef
+from devtools.operator_process import OperatorProcess
+from devtools.servers import KubeAPIServer
 
-GROUP_PATH = "/apis/relay.dev/v1alpha1"
 WRITE_VERBS = ("POST", "PATCH", "PUT", "DELETE", "APPLY")
 NOOP: dict[str, Any] = {"target": {"noop": {}}}
+# What the bench's own client allowed each call before it used the operator's (whose default is 30 s),
+# so that a burst of 64 creates fails no sooner than it did.
+CALL_TIMEOUT = aiohttp.ClientTimeout(total=60)
+_T = TypeVar("_T")
 
 
 def jobs_path(namespace: str) -> str:
-    return f"{GROUP_PATH}/namespaces/{namespace}/relayjobs"
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
 
 
-class Endpoint(Protocol):
-    """What a client needs of an API server: where it is, and a TLS context with credentials."""
+def admin(server: KubeAPIServer) -> Credentials:
+    """The sandbox's cluster-admin identity, its client certificate."""
+    pki = server.pki
+    return Credentials(
+        server.url,
+        ca_path=str(pki.ca_cert),
+        certificate_path=str(pki.admin_cert),
+        private_key_path=str(pki.admin_key),
+    )
 
-    @property
-    def url(self) -> str: ...
 
-    def ssl_context(self) -> ssl.SSLContext: ...
+def client(credentials: Credentials, connections: int) -> KubeClient:
+    """The operator's API client, for the bench's calls (it reads no Secret, so caches none)."""
+    return KubeClient(
+        credentials, "relayjob-bench", "bench", secret_cache_seconds=0, max_connections=connections
+    )
 
 
-class Api:
-    def __init__(self, server: Endpoint, connections: int = 64) -> None:
-        self.session = aiohttp.ClientSession(
-            base_url=server.url,
-            connector=aiohttp.TCPConnector(ssl=server.ssl_context(), limit=connections),
-            timeout=aiohttp.ClientTimeout(total=60),
-        )
+async def retrying(call: Callable[[], Awaitable[_T]], what: str) -> _T:
+    """`call`, again while the API server sheds load (429) or fails (5xx), as a just-started one
+    does under a burst of creates."""
+    for attempt in range(5):
+        try:
+            return await call()
+        except KubeError as error:
+            if error.status != 429 and error.status < 500:
+                raise
+        await asyncio.sleep(0.1 * (attempt + 1))
+    raise RuntimeError(f"{what}: the API server kept refusing")
 
-    async def close(self) -> None:
-        await self.session.close()
 
-    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        for attempt in range(5):
-            async with self.session.request(method, path, **kwargs) as response:
-                if response.status == 429 or response.status >= 500:
-                    await asyncio.sleep(0.1 * (attempt + 1))
-                    continue
-                if response.status >= 300:
-                    raise RuntimeError(f"{method} {path}: {response.status} {await response.text()}")
-                return await response.json()
-        raise RuntimeError(f"{method} {path}: API server kept refusing")
+async def request(api: KubeClient, method: str, path: str, **kwargs: Any) -> Any:
+    return await retrying(lambda: api.call(method, path, timeout=CALL_TIMEOUT, **kwargs), f"{method} {path}")
 
-    async def create_namespace(self, name: str) -> None:
-        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-        await self.request("POST", "/api/v1/namespaces", json=body)
 
-    async def create_job(
-        self, namespace: str, name: str, spec: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        body = {
-            "apiVersion": "relay.dev/v1alpha1",
-            "kind": "RelayJob",
-            "metadata": {"name": name},
-            "spec": spec or NOOP,
-        }
-        created: dict[str, Any] = await self.request("POST", jobs_path(namespace), json=body)
-        return created
+async def create_namespace(api: KubeClient, name: str) -> None:
+    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    await request(api, "POST", "/api/v1/namespaces", json=body)
 
-    async def list_version(self, namespace: str) -> str:
-        page = await self.request("GET", jobs_path(namespace), params={"limit": "1"})
-        return str(page["metadata"]["resourceVersion"])
 
-    async def watch(self, namespace: str, resource_version: str) -> AsyncIterator[dict[str, Any]]:
-        """Watch events, resumed from the last version seen when the server closes the stream.
+async def create_job(
+    api: KubeClient, namespace: str, name: str, spec: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": spec or NOOP}
+    created: dict[str, Any] = await request(api, "POST", jobs_path(namespace), json=body)
+    return created
 
-        A refused watch is retried after a pause (a just-installed CRD's watch cache answers 429
-        for a while; retrying at once spun this loop thousands of times). When the server no
-        longer has our version (410), the current list is yielded as MODIFIED events, so a
-        transition in the gap is seen late rather than never."""
-        version = resource_version
-        while True:
-            params = {
-                "watch": "1",
-                "resourceVersion": version,
-                "allowWatchBookmarks": "true",
-                "timeoutSeconds": "600",
-            }
-            gone = False
-            async with self.session.get(
-                jobs_path(namespace), params=params, timeout=aiohttp.ClientTimeout(total=None)
-            ) as response:
-                if response.status != 200:
-                    log(f"  bench watch refused ({response.status}); retrying in 0.5s")
-                    await asyncio.sleep(0.5)
-                    continue
-                async for line in response.content:
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    obj = event.get("object") or {}
-                    if event.get("type") == "ERROR":
-                        gone = True
-                        break
-                    version = obj.get("metadata", {}).get("resourceVersion", version)
-                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                        yield event
-            if gone:
-                log("  bench watch expired (410); resuming from a fresh list")
-                page = await self.request("GET", jobs_path(namespace))
-                for item in page["items"]:
-                    yield {"type": "MODIFIED", "object": item}
-                version = str(page["metadata"]["resourceVersion"])
-            else:
-                # The API server ends a watch that falls behind ("unresponsive"); the bench says
-                # so, since a late watch would make every Completed after it look late.
-                log(f"  bench watch ended by the server; resuming from {version}")
+
+async def list_version(api: KubeClient, namespace: str) -> str:
+    page = await request(api, "GET", jobs_path(namespace), params={"limit": "1"})
+    return str(page["metadata"]["resourceVersion"])
 
 
 async def bounded(limit: int, work: Iterable[Any]) -> list[Any]:
@@ -167,13 +138,14 @@ def delta(
     }
 
 
-async def service_account_token(api: Api, namespace: str) -> str:
+async def service_account_token(api: KubeClient, namespace: str) -> str:
     """A token for a cluster-admin ServiceAccount of `namespace`, from the TokenRequest API: how
     the operator authenticates in a cluster (a projected token). A client certificate, as in the
     sandbox's admin kubeconfig, is verified on every request (8% of the API server's CPU in a
     profile of the e2e bench); a token is verified once and then cached."""
     account = "relayjob-bench"
-    await api.request(
+    await request(
+        api,
         "POST",
         f"/api/v1/namespaces/{namespace}/serviceaccounts",
         json={"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account}},
@@ -185,8 +157,9 @@ async def service_account_token(api: Api, namespace: str) -> str:
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
     }
-    await api.request("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", json=binding)
-    issued = await api.request(
+    await request(api, "POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", json=binding)
+    issued = await request(
+        api,
         "POST",
         f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
         json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
@@ -194,10 +167,10 @@ async def service_account_token(api: Api, namespace: str) -> str:
     return str(issued["status"]["token"])
 
 
-def status_body(uid: str, n: int) -> list[dict[str, Any]]:
-    """A status document shaped like the operator's `Completed` one, as the same JSON patch."""
+def completed_status(n: int) -> dict[str, Any]:
+    """A status document shaped like the operator's `Completed` one."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    status = {
+    return {
         "phase": "Completed",
         "attempts": 1,
         "retries": 0,
@@ -225,28 +198,26 @@ def status_body(uid: str, n: int) -> list[dict[str, Any]]:
             },
         ],
     }
-    return [
-        {"op": "test", "path": "/metadata/uid", "value": uid},
-        {"op": "add", "path": "/status", "value": status},
-    ]
 
 
 async def raw_status_patch_rate(
     server: KubeAPIServer, namespace: str, objects: int, patches: int, concurrency: int
 ) -> dict[str, Any]:
-    """Patches per second a plain aiohttp client reaches on RelayJob status (nobody watching)."""
-    api = Api(server, connections=concurrency)
+    """Patches per second the operator's own status write (`KubeClient.patch_status`) reaches on
+    RelayJob status, from a process doing nothing else (nobody watching)."""
+    api = client(admin(server), connections=concurrency)
     try:
-        await api.create_namespace(namespace)
-        created = await bounded(concurrency, (api.create_job(namespace, f"raw-{i}") for i in range(objects)))
-        refs = [(c["metadata"]["name"], c["metadata"]["uid"]) for c in created]
-        headers = {"Content-Type": "application/json-patch+json"}
+        await create_namespace(api, namespace)
+        created = await bounded(concurrency, (create_job(api, namespace, f"raw-{i}") for i in range(objects)))
+        refs = [
+            JobRef(uid=UUID(c["metadata"]["uid"]), namespace=namespace, name=c["metadata"]["name"])
+            for c in created
+        ]
 
         async def patch(i: int) -> None:
-            name, uid = refs[i % len(refs)]
-            await api.request(
-                "PATCH", f"{jobs_path(namespace)}/{name}/status", json=status_body(uid, i), headers=headers
-            )
+            ref = refs[i % len(refs)]
+            if not await retrying(lambda: api.patch_status(ref, completed_status(i)), f"status of {ref}"):
+                raise RuntimeError(f"RelayJob {ref} vanished during the bench")
 
         await bounded(concurrency, (patch(i) for i in range(min(200, patches))))  # warm-up
         began = time.perf_counter()

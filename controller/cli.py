@@ -1,4 +1,4 @@
-"""`relayjob-operator run` and `relayjob-operator sandbox ...`."""
+"""`relayjob-operator run`, and the dev tools' `dev` and `sandbox` where a clone installed them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING
 
 import kopf
@@ -28,6 +29,10 @@ KOPF_STOP_SECONDS = 15
 # The chart sets the pod's terminationGracePeriodSeconds to the grace plus 15 s, which leaves the
 # last of kopf's stop and closing the pools room too (templates/deployment.yaml).
 AFTER_GRACE_SECONDS = 5
+# Subcommands that live beside the product, in `devtools/` of a clone. pyproject.toml registers them
+# in this entry-point group, so that the operator never imports them (an import-linter contract).
+COMMANDS_GROUP = "relayjob.commands"
+DEV_COMMANDS = ("dev", "sandbox")
 
 
 def _login() -> Credentials:
@@ -78,7 +83,7 @@ async def _run(settings: Settings) -> int:
     signals = asyncio.create_task(_take_signals_back(kopf_ready, stop))
     health.task = kopf_task
     try:
-        await app.reconciler.rebuild()
+        await app.maintenance.rebuild()
     except Exception as error:  # the periodic pass retries; start-up must not die of it
         log.warning("initial reconciliation failed; will retry: %s", error)
     keep_startup_objects()
@@ -178,6 +183,28 @@ def run(argv: list[str]) -> int:
     return asyncio.run(_run(settings))
 
 
+def extra_command(name: str) -> Callable[[list[str]], int] | None:
+    """The subcommand `name` another package registers in COMMANDS_GROUP, or None when none is
+    installed."""
+    for entry in entry_points(group=COMMANDS_GROUP, name=name):
+        return load_command(entry)
+    return None
+
+
+def load_command(entry: EntryPoint) -> Callable[[list[str]], int] | None:
+    """The command an entry point names, or None when its package is absent: the image is built from
+    a wheel whose metadata registers the dev tools but which carries no `devtools` package."""
+    try:
+        command: Callable[[list[str]], int] = entry.load()
+    except ModuleNotFoundError as error:
+        # Only the entry's own package missing means "not installed"; a module missing inside it
+        # is a broken dev install, and says so with its traceback.
+        if error.name is None or not f"{entry.module}.".startswith(f"{error.name}."):
+            raise
+        return None
+    return command
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -185,21 +212,24 @@ def main(argv: list[str] | None = None) -> int:
             "usage: relayjob-operator {run,dev,sandbox} ...\n"
             "  run      run the operator against the current kube context\n"
             "  dev      run it with a sample RelayJob, in a sandbox when no context answers\n"
-            "  sandbox  start/stop local etcd, kube-apiserver, redis-server and PostgreSQL",
+            "  sandbox  start/stop local etcd, kube-apiserver, redis-server and PostgreSQL\n"
+            "dev and sandbox are development tools: `pip install -e '.[dev]'` in a clone installs them",
             file=sys.stderr,
         )
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "run":
         return run(rest)
-    if command == "dev":
-        from controller.sandbox.dev import dev_main
-
-        return dev_main(rest)
-    if command == "sandbox":
-        from controller.sandbox.cli import sandbox_main
-
-        return sandbox_main(rest)
+    found = extra_command(command)
+    if found is not None:
+        return found(rest)
+    if command in DEV_COMMANDS:
+        print(
+            f"relayjob-operator {command}: a development tool, not installed here; it runs from a "
+            "clone of the repository after `pip install -e '.[dev]'` (`make run` does that)",
+            file=sys.stderr,
+        )
+        return 2
     print(f"unknown command {command!r}; use run, dev or sandbox", file=sys.stderr)
     return 2
 

@@ -43,4 +43,4 @@ if [ -z "${KUBEBUILDER_ASSETS:-}" ] && ! command -v go >/dev/null 2>&1; then
        "with etcd, kube-apiserver and kubectl" >&2
   exit 1
 fi
-.venv/bin/python -m controller.sandbox.binaries >/dev/null
+.venv/bin/python -m devtools.binaries >/dev/null

@@ -95,7 +95,7 @@ def find_helm(explicit: str | None) -> Path:
     # The same helm the sandbox and the e2e tests use, so the output never depends on whichever
     # helm happens to be first on PATH.
     sys.path.insert(0, str(REPO))
-    from controller.sandbox.binaries import Binaries
+    from devtools.binaries import Binaries
 
     return Binaries().ensure("helm")
 

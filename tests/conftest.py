@@ -3,7 +3,7 @@
 - `redis_server`: a private redis-server (`.url`, `.host`, `.port`, plus stop/start/pause/resume).
 - `postgres_server`: a private initdb'd PostgreSQL; `.dsn` points at database `relay`.
 - `control_plane`: etcd + kube-apiserver with the RelayJob CRD and the Secret-reference admission
-  policy installed; a `KubeClient` with `.kubeconfig`, `.server`, `.kubectl(*args)`,
+  policy installed; a `KubeTools` with `.kubeconfig`, `.server`, `.kubectl(*args)`,
   `.helm(*args)`, `.helm_path` and `.sandbox` (the servers, for fault injection). With
   `RELAY_E2E_USE_KUBECONFIG=1` it is the cluster `KUBECONFIG` names instead, and `.sandbox` is None.
 
@@ -21,9 +21,9 @@ from typing import TypeVar
 
 import pytest
 
-from controller.sandbox.binaries import BinaryError
-from controller.sandbox.sandbox import CONTROL_PLANE, DEFAULT_CRD, DEFAULT_SECRET_POLICY, KubeClient, Sandbox
-from controller.sandbox.servers import PostgresServer, RedisServer
+from devtools.binaries import BinaryError
+from devtools.sandbox import CONTROL_PLANE, DEFAULT_CRD, DEFAULT_SECRET_POLICY, KubeTools, Sandbox
+from devtools.servers import PostgresServer, RedisServer
 
 T = TypeVar("T")
 
@@ -67,16 +67,16 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClient]:
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeTools]:
     if os.environ.get("RELAY_E2E_USE_KUBECONFIG") == "1":
         kubeconfig = os.environ.get("KUBECONFIG", "")
         if not kubeconfig:
             pytest.fail("RELAY_E2E_USE_KUBECONFIG=1 but KUBECONFIG is not set", pytrace=False)
         scratch = tmp_path_factory.mktemp("kube")
-        client = _or_fail(lambda: KubeClient.for_existing_cluster(kubeconfig, scratch))
+        client = _or_fail(lambda: KubeTools.for_existing_cluster(kubeconfig, scratch))
         client.install_crd(DEFAULT_CRD)
         client.install_secret_policy(DEFAULT_SECRET_POLICY)
         yield client
         return
     with running_sandbox(tmp_path_factory.mktemp("control-plane"), CONTROL_PLANE) as sandbox:
-        yield sandbox.kube_client()
+        yield sandbox.kube_tools()

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from controller.sandbox.operator_process import OperatorProcess
+from devtools.operator_process import OperatorProcess
 
 
 async def _create_database(dsn: str, name: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from controller.sandbox.operator_process import OperatorProcess
+from devtools.operator_process import OperatorProcess
 from tests.support.target import Target, ThreadedTarget
 
 pytestmark = pytest.mark.e2e

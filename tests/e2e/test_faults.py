@@ -19,8 +19,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from controller.sandbox.operator_process import OperatorProcess
-from controller.sandbox.sandbox import COMPONENTS, DEFAULT_CRD, Sandbox
+from devtools.operator_process import OperatorProcess
+from devtools.sandbox import COMPONENTS, DEFAULT_CRD, Sandbox
 from tests.support.target import Target, ThreadedTarget
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +35,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     """Servers of this module's own, so that breaking them disturbs no other test."""
     box = Sandbox(tmp_path_factory.mktemp("faults"), components=COMPONENTS, helm=False)
     box.up()
-    box.kube_client().install_crd(DEFAULT_CRD)
+    box.kube_tools().install_crd(DEFAULT_CRD)
     yield box
     box.down()
     box.postgres.remove_data()
@@ -59,7 +59,7 @@ class Scenario:
         suffix = uuid.uuid4().hex[:8]
         self.namespace = f"fault-{suffix}"
         self.database = f"fault_{suffix}"
-        self.kube = self.sandbox.kube_client()
+        self.kube = self.sandbox.kube_tools()
         self.kube.kubectl("create", "namespace", self.namespace)
         asyncio.run(_sql(self.sandbox.postgres.dsn, f'CREATE DATABASE "{self.database}"'))
         self.env = {

@@ -36,9 +36,9 @@ import asyncpg
 import pytest
 import yaml
 
-from controller.sandbox.binaries import BinaryError
-from controller.sandbox.sandbox import CONTROL_PLANE, KubeClient, Sandbox
-from controller.sandbox.servers import PostgresServer, RedisServer
+from devtools.binaries import BinaryError
+from devtools.sandbox import CONTROL_PLANE, KubeTools, Sandbox
+from devtools.servers import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +60,7 @@ WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "*"}
 
 
 @pytest.fixture(scope="module")
-def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClient]:
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeTools]:
     """A control plane of this module's own, without any CRD or admission policy, so that `helm
     install` is what installs them and `helm uninstall` is seen to leave the CRDs (the shared one
     has the CRD and the sandbox's policy already)."""
@@ -79,7 +79,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             sandbox.up()
         except BinaryError as error:
             pytest.fail(str(error), pytrace=False)
-        yield sandbox.kube_client()
+        yield sandbox.kube_tools()
     finally:
         sandbox.down()
 
@@ -100,7 +100,7 @@ class Release:
         return f"{self.service_account}-secret-references"
 
 
-def helm_install(cluster: KubeClient, name: str, namespace: str, *args: str) -> Release:
+def helm_install(cluster: KubeTools, name: str, namespace: str, *args: str) -> Release:
     result = cluster.helm("install", name, str(CHART), "--namespace", namespace, *args)
     status = json.loads(cluster.helm("status", name, "-n", namespace, "-o", "json").stdout)
     assert status["info"]["status"] == "deployed"
@@ -110,7 +110,7 @@ def helm_install(cluster: KubeClient, name: str, namespace: str, *args: str) -> 
     return Release(name, namespace, fullname, fullname, watched, result.stdout)
 
 
-def create_namespaces(cluster: KubeClient, *names: str) -> None:
+def create_namespaces(cluster: KubeTools, *names: str) -> None:
     for name in names:
         if cluster.kubectl("get", "namespace", name, check=False).returncode != 0:
             cluster.kubectl("create", "namespace", name)
@@ -118,7 +118,7 @@ def create_namespaces(cluster: KubeClient, *names: str) -> None:
 
 @pytest.fixture(scope="module")
 def cluster_release(
-    cluster: KubeClient, redis_server: RedisServer, postgres_server: PostgresServer
+    cluster: KubeTools, redis_server: RedisServer, postgres_server: PostgresServer
 ) -> Release:
     namespace = f"relay-system-{SUFFIX}"
     create_namespaces(cluster, namespace)
@@ -129,7 +129,7 @@ def cluster_release(
 
 
 @pytest.fixture(scope="module")
-def namespaced_release(cluster: KubeClient) -> Release:
+def namespaced_release(cluster: KubeTools) -> Release:
     namespace = f"relay-ns-{SUFFIX}"
     watched = yaml.safe_load(NAMESPACED_VALUES.read_text())["watchNamespaces"]
     # The watched namespaces are fixed by the CI values file; the release namespace is not among
@@ -141,7 +141,7 @@ def namespaced_release(cluster: KubeClient) -> Release:
 # -- the operator as the chart's ServiceAccount -------------------------------------------------
 
 
-def service_account_kubeconfig(cluster: KubeClient, release: Release, path: Path) -> Path:
+def service_account_kubeconfig(cluster: KubeTools, release: Release, path: Path) -> Path:
     """A kubeconfig that authenticates as the release's ServiceAccount and nothing else."""
     token = cluster.kubectl(
         "create", "token", release.service_account, "-n", release.namespace, "--duration=1h"
@@ -165,7 +165,7 @@ def service_account_kubeconfig(cluster: KubeClient, release: Release, path: Path
 
 
 def as_sa(
-    cluster: KubeClient, kubeconfig: Path, *args: str, input: str | None = None
+    cluster: KubeTools, kubeconfig: Path, *args: str, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(cluster.kubectl_path), f"--kubeconfig={kubeconfig}", *args],
@@ -304,7 +304,7 @@ def target() -> Iterator[Target]:
     server.server_close()
 
 
-def apply(cluster: KubeClient, namespace: str, document: dict[str, Any]) -> None:
+def apply(cluster: KubeTools, namespace: str, document: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
 
 
@@ -318,7 +318,7 @@ def relayjob(name: str, target: dict[str, Any], **spec: Any) -> dict[str, Any]:
 
 
 def exercise(
-    cluster: KubeClient, namespace: str, target: Target, operator: Operator, *, first_timeout: int
+    cluster: KubeTools, namespace: str, target: Target, operator: Operator, *, first_timeout: int
 ) -> None:
     """Every API path the operator has: watch, status, Events, a Secret, delete, peering, and its
     start-up read of the release's Secret-reference policy."""
@@ -378,7 +378,7 @@ def exercise(
     assert "relayjob_secret_policy_installed 1.0" in body
 
 
-def peering_status(cluster: KubeClient, release: Release) -> list[dict[str, Any]]:
+def peering_status(cluster: KubeTools, release: Release) -> list[dict[str, Any]]:
     if release.watched:
         objects = [
             json.loads(cluster.kubectl("get", "kopfpeering", release.peering, "-n", ns, "-o", "json").stdout)
@@ -394,7 +394,7 @@ def peering_status(cluster: KubeClient, release: Release) -> list[dict[str, Any]
 # -- RBAC as the API server sees it ---------------------------------------------------------------
 
 
-def rules_review(cluster: KubeClient, kubeconfig: Path, namespace: str) -> list[dict[str, Any]]:
+def rules_review(cluster: KubeTools, kubeconfig: Path, namespace: str) -> list[dict[str, Any]]:
     review = {
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SelfSubjectRulesReview",
@@ -443,13 +443,13 @@ def assert_least_privilege(rules: list[dict[str, Any]], peering_resource: str, p
             assert verbs == {"get"} and not names, f"Secrets: {sorted(verbs)}; only `get` is needed"
 
 
-def can_i(cluster: KubeClient, kubeconfig: Path, *args: str) -> bool:
+def can_i(cluster: KubeTools, kubeconfig: Path, *args: str) -> bool:
     result = as_sa(cluster, kubeconfig, "auth", "can-i", *args)
     assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
     return result.stdout.strip() == "yes"
 
 
-def assert_can_i(cluster: KubeClient, kubeconfig: Path, table: list[tuple[bool, str]]) -> None:
+def assert_can_i(cluster: KubeTools, kubeconfig: Path, table: list[tuple[bool, str]]) -> None:
     wrong = [
         f"can-i {question}: {'yes' if not expected else 'no'}, want {'yes' if expected else 'no'}"
         for expected, question in table
@@ -530,7 +530,7 @@ NEVER_CLUSTER_WIDE = [
 # -- the tests ----------------------------------------------------------------------------------
 
 
-def test_schema_rejects_a_wrong_type_at_install(cluster: KubeClient, tmp_path: Path) -> None:
+def test_schema_rejects_a_wrong_type_at_install(cluster: KubeTools, tmp_path: Path) -> None:
     values = tmp_path / "wrong-type.yaml"
     values.write_text("replicaCount: two\nconfig:\n  concurrency: many\n")
     result = cluster.helm(
@@ -550,7 +550,7 @@ def readme_network_policy_example() -> str:
     return example
 
 
-def test_rendered_network_policy_is_accepted_by_the_api_server(cluster: KubeClient, tmp_path: Path) -> None:
+def test_rendered_network_policy_is_accepted_by_the_api_server(cluster: KubeTools, tmp_path: Path) -> None:
     """The chart's NetworkPolicy passes the API server's own validation of peers, CIDRs, excepts
     and ports, as the README's example and with external servers, scrapers and wide targets.
     Whether it is enforced cannot be tested here: NetworkPolicy is enforced by the network plugin,
@@ -610,7 +610,7 @@ def test_rendered_network_policy_is_accepted_by_the_api_server(cluster: KubeClie
     assert cluster.kubectl("get", "networkpolicies", "-n", namespace, "-o", "name").stdout.strip() == ""
 
 
-def test_cluster_mode_installs_crds_and_rbac(cluster: KubeClient, cluster_release: Release) -> None:
+def test_cluster_mode_installs_crds_and_rbac(cluster: KubeTools, cluster_release: Release) -> None:
     release = cluster_release
     for crd in ("relayjobs.relay.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
         cluster.kubectl("get", "crd", crd)
@@ -644,7 +644,7 @@ def test_cluster_mode_installs_crds_and_rbac(cluster: KubeClient, cluster_releas
 
 
 def test_charts_policy_refuses_a_secret_the_user_may_not_get(
-    cluster: KubeClient, cluster_release: Release
+    cluster: KubeTools, cluster_release: Release
 ) -> None:
     """The chart's policy works as installed: in this module's own cluster it is the only one, so
     the refusal is its own (a cluster given by KUBECONFIG may have others that refuse first)."""
@@ -679,7 +679,7 @@ def test_charts_policy_refuses_a_secret_the_user_may_not_get(
 
 
 def test_cluster_mode_operator_runs_with_the_charts_identity(
-    cluster: KubeClient,
+    cluster: KubeTools,
     cluster_release: Release,
     redis_server: RedisServer,
     postgres_server: PostgresServer,
@@ -704,7 +704,7 @@ def test_cluster_mode_operator_runs_with_the_charts_identity(
 
 
 def test_cluster_mode_rbac_is_least_privilege(
-    cluster: KubeClient, cluster_release: Release, tmp_path: Path
+    cluster: KubeTools, cluster_release: Release, tmp_path: Path
 ) -> None:
     release = cluster_release
     kubeconfig = service_account_kubeconfig(cluster, release, tmp_path / "sa-kubeconfig")
@@ -740,7 +740,7 @@ def test_cluster_mode_rbac_is_least_privilege(
 
 
 def test_namespaced_mode_installs_namespaced_rbac_and_one_policy_reader(
-    cluster: KubeClient, namespaced_release: Release
+    cluster: KubeTools, namespaced_release: Release
 ) -> None:
     release = namespaced_release
     instance = f"app.kubernetes.io/instance={release.name}"
@@ -775,7 +775,7 @@ def test_namespaced_mode_installs_namespaced_rbac_and_one_policy_reader(
 
 
 def test_namespaced_mode_operator_runs_with_the_charts_identity(
-    cluster: KubeClient,
+    cluster: KubeTools,
     namespaced_release: Release,
     redis_server: RedisServer,
     postgres_server: PostgresServer,
@@ -802,7 +802,7 @@ def test_namespaced_mode_operator_runs_with_the_charts_identity(
 
 
 def test_namespaced_mode_rbac_is_least_privilege(
-    cluster: KubeClient, namespaced_release: Release, tmp_path: Path
+    cluster: KubeTools, namespaced_release: Release, tmp_path: Path
 ) -> None:
     release = namespaced_release
     kubeconfig = service_account_kubeconfig(cluster, release, tmp_path / "sa-kubeconfig")
@@ -846,7 +846,7 @@ def test_namespaced_mode_rbac_is_least_privilege(
     )
 
 
-def test_uninstall_keeps_the_crds_and_the_relayjobs(cluster: KubeClient, cluster_release: Release) -> None:
+def test_uninstall_keeps_the_crds_and_the_relayjobs(cluster: KubeTools, cluster_release: Release) -> None:
     release = cluster_release
     namespace = f"keep-{SUFFIX}"
     create_namespaces(cluster, namespace)
@@ -864,7 +864,7 @@ def test_uninstall_keeps_the_crds_and_the_relayjobs(cluster: KubeClient, cluster
     assert gone.returncode != 0 and "NotFound" in gone.stderr
 
 
-def test_plain_install_yaml_applies_and_grants_the_same(cluster: KubeClient, tmp_path: Path) -> None:
+def test_plain_install_yaml_applies_and_grants_the_same(cluster: KubeTools, tmp_path: Path) -> None:
     """manifests/install.yaml, as a user without Helm applies it (the CRDs are there already)."""
     install = REPO / "manifests" / "install.yaml"
     cluster.kubectl("apply", "-f", str(install))

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from controller.sandbox.operator_process import OperatorProcess
+from devtools.operator_process import OperatorProcess
 from tests.e2e.jobs import apply, wait_phase
 from tests.support.target import Target, ThreadedTarget
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from controller.sandbox.operator_process import OperatorProcess
-from controller.sandbox.servers import free_port
+from devtools.operator_process import OperatorProcess
+from devtools.servers import free_port
 
 pytestmark = pytest.mark.e2e
 

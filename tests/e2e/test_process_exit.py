@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from controller.sandbox.operator_process import OperatorProcess
-from controller.sandbox.servers import free_port
+from devtools.operator_process import OperatorProcess
+from devtools.servers import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from controller.cli import AFTER_GRACE_SECONDS
-from controller.sandbox.operator_process import OperatorProcess
+from devtools.operator_process import OperatorProcess
 from tests.support.target import Target, ThreadedTarget
 
 pytestmark = pytest.mark.e2e

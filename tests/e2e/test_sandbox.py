@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from controller.sandbox.binaries import Binaries
-from controller.sandbox.sandbox import COMPONENTS, DEFAULT_CRD, KubeClient, Sandbox
-from controller.sandbox.servers import PostgresServer, RedisServer, process_tree
+from devtools.binaries import Binaries
+from devtools.sandbox import COMPONENTS, DEFAULT_CRD, KubeTools, Sandbox
+from devtools.servers import PostgresServer, RedisServer, process_tree
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _cli(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     # A separate process, as a developer runs it: the servers must outlive it.
     return subprocess.run(
-        [sys.executable, "-m", "controller.sandbox.cli", *args],
+        [sys.executable, "-m", "devtools.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -110,7 +110,7 @@ def test_up_serves_everything_up_again_reuses_and_down_stops_all(sandbox_dir: Pa
     sandbox = Sandbox(sandbox_dir)
     assert "apiserver_request_total" in sandbox.apiserver.metrics()
     if DEFAULT_CRD.is_file():
-        sandbox.kube_client().kubectl("get", "crd", "relayjobs.relay.dev")
+        sandbox.kube_tools().kubectl("get", "crd", "relayjobs.relay.dev")
 
     pids = _pids(sandbox_dir)
     env_text = (sandbox_dir / "env").read_text()
@@ -167,7 +167,7 @@ def test_up_restarts_dead_or_paused_servers_on_their_ports(sandbox_dir: Path) ->
 
 @pytest.mark.e2e
 def test_session_fixtures_serve_real_servers(
-    control_plane: KubeClient, redis_server: RedisServer, postgres_server: PostgresServer
+    control_plane: KubeTools, redis_server: RedisServer, postgres_server: PostgresServer
 ) -> None:
     assert control_plane.kubectl("auth", "can-i", "create", "relayjobs.relay.dev").stdout.strip() == "yes"
     assert control_plane.server.startswith("https://")

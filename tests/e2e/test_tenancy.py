@@ -31,9 +31,9 @@ import asyncpg
 import pytest
 import yaml
 
-from controller.sandbox.operator_process import OperatorProcess
-from controller.sandbox.sandbox import DEFAULT_SECRET_POLICY, KubeClient
-from controller.sandbox.servers import PostgresServer, free_port
+from devtools.operator_process import OperatorProcess
+from devtools.sandbox import DEFAULT_SECRET_POLICY, KubeTools
+from devtools.servers import PostgresServer, free_port
 from tests.support.target import Target, ThreadedTarget
 
 pytestmark = pytest.mark.e2e
@@ -72,14 +72,14 @@ def http_job(name: str, url: str, *secrets: str, **spec: Any) -> dict[str, Any]:
 
 
 def as_user(
-    kube: KubeClient, user: str, *args: str, document: dict[str, Any] | None = None
+    kube: KubeTools, user: str, *args: str, document: dict[str, Any] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return kube.kubectl(
         f"--as={user}", *args, input=None if document is None else json.dumps(document), check=False
     )
 
 
-def can_i(kube: KubeClient, user: str, question: str, namespace: str) -> bool:
+def can_i(kube: KubeTools, user: str, question: str, namespace: str) -> bool:
     result = as_user(kube, user, "auth", "can-i", *question.split(), "-n", namespace)
     assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
     return result.stdout.strip() == "yes"
@@ -92,7 +92,7 @@ def target() -> Iterator[Target]:
 
 
 @pytest.fixture(scope="module")
-def tenants(control_plane: KubeClient, namespace: str) -> str:
+def tenants(control_plane: KubeTools, namespace: str) -> str:
     """The users' rights and the Secrets in the module's namespace; returns once the API server
     enforces the policy (it loads a new policy within a second or so)."""
     kube, ns = control_plane, namespace
@@ -128,7 +128,7 @@ def tenants(control_plane: KubeClient, namespace: str) -> str:
 # -- the policy, on RelayJobs -----------------------------------------------------------------------
 
 
-def test_a_user_who_may_not_get_a_secret_cannot_reference_it(control_plane: KubeClient, tenants: str) -> None:
+def test_a_user_who_may_not_get_a_secret_cannot_reference_it(control_plane: KubeTools, tenants: str) -> None:
     ns = tenants
     assert can_i(control_plane, "alice", "create relayjobs.relay.dev", ns)
     assert not can_i(control_plane, "alice", "get secrets/db-root", ns)
@@ -142,7 +142,7 @@ def test_a_user_who_may_not_get_a_secret_cannot_reference_it(control_plane: Kube
 
 
 def test_a_user_who_may_get_the_secret_by_name_runs_a_job_that_uses_it(
-    control_plane: KubeClient, tenants: str, operator: OperatorProcess, target: Target
+    control_plane: KubeTools, tenants: str, operator: OperatorProcess, target: Target
 ) -> None:
     ns = tenants
     assert can_i(control_plane, "carol", "get secrets/hook-credentials", ns)
@@ -159,7 +159,7 @@ def test_a_user_who_may_get_the_secret_by_name_runs_a_job_that_uses_it(
     assert refused.returncode != 0 and denied("db-root", "carol", ns) in refused.stderr, refused.stderr
 
 
-def test_a_user_who_may_get_every_secret_may_reference_any(control_plane: KubeClient, tenants: str) -> None:
+def test_a_user_who_may_get_every_secret_may_reference_any(control_plane: KubeTools, tenants: str) -> None:
     ns = tenants
     job = http_job("bob-uses-root", "http://127.0.0.1:9/", "db-root", "hook-credentials")
     result = as_user(control_plane, "bob", "create", "--dry-run=server", "-n", ns, "-f", "-", document=job)
@@ -167,7 +167,7 @@ def test_a_user_who_may_get_every_secret_may_reference_any(control_plane: KubeCl
 
 
 def test_jobs_without_secrets_and_updates_that_keep_the_targets_are_anyones(
-    control_plane: KubeClient, tenants: str
+    control_plane: KubeTools, tenants: str
 ) -> None:
     ns = tenants
     noop = {
@@ -191,9 +191,7 @@ def test_jobs_without_secrets_and_updates_that_keep_the_targets_are_anyones(
     assert patched.returncode == 0, patched.stderr
 
 
-def test_an_update_that_adds_a_forbidden_reference_is_refused(
-    control_plane: KubeClient, tenants: str
-) -> None:
+def test_an_update_that_adds_a_forbidden_reference_is_refused(control_plane: KubeTools, tenants: str) -> None:
     ns = tenants
     job = http_job("carol-grows", "http://127.0.0.1:9/", "hook-credentials", suspend=True)
     assert as_user(control_plane, "carol", "apply", "-n", ns, "-f", "-", document=job).returncode == 0
@@ -210,7 +208,7 @@ def test_an_update_that_adds_a_forbidden_reference_is_refused(
 
 
 def test_the_shipped_policy_is_accepted_although_the_crd_lacks_signing_and_callbacks(
-    control_plane: KubeClient, tenants: str
+    control_plane: KubeTools, tenants: str
 ) -> None:
     """Its rules read `signing`, `onCompletion` and `onFailure`, which the RelayJob CRD does not
     have (yet): the API server compiles them all the same, and the tests above and below see them
@@ -239,7 +237,7 @@ def _ref(secret: str) -> dict[str, Any]:
 class Probe:
     """The shipped policy re-bound to `relayjobs` of a test group whose spec takes any field."""
 
-    kube: KubeClient
+    kube: KubeTools
     namespace: str
     group: str
 
@@ -266,7 +264,7 @@ class Probe:
 
 
 @pytest.fixture(scope="module")
-def probe(control_plane: KubeClient, tenants: str) -> Iterator[Probe]:
+def probe(control_plane: KubeTools, tenants: str) -> Iterator[Probe]:
     kube, ns = control_plane, tenants
     group = f"t{SUFFIX}.tenancy.relay.dev"
     schema = {
@@ -401,7 +399,7 @@ def test_access_by_name_covers_up_to_16_references(probe: Probe) -> None:
 
 
 def test_users_roles_join_the_built_in_ones_and_grant_what_they_say(
-    control_plane: KubeClient, tenants: str
+    control_plane: KubeTools, tenants: str
 ) -> None:
     kube, ns = control_plane, tenants
     docs = [d for d in yaml.safe_load_all(INSTALL.read_text()) if d]
@@ -447,7 +445,7 @@ def test_users_roles_join_the_built_in_ones_and_grant_what_they_say(
         kube.kubectl("delete", "--ignore-not-found", "clusterrole", *sorted(names), check=False)
 
 
-def _aggregated_by(kube: KubeClient, built_in: str) -> set[str]:
+def _aggregated_by(kube: KubeTools, built_in: str) -> set[str]:
     """The ClusterRoles that the built-in role's own aggregation selectors pick, as the aggregation
     controller (which the sandbox does not run) would."""
     role = json.loads(kube.kubectl("get", f"clusterrole/{built_in}", "-o", "json").stdout)
@@ -480,7 +478,7 @@ async def _create_database(dsn: str, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def side_env(
-    operator_env: dict[str, str], postgres_server: PostgresServer, control_plane: KubeClient
+    operator_env: dict[str, str], postgres_server: PostgresServer, control_plane: KubeTools
 ) -> dict[str, str]:
     """Settings for operators started beside the module's own: a database, key prefix and (empty)
     namespace of their own, so their reconciliation never meets the module's jobs."""
@@ -557,7 +555,7 @@ def test_required_policy_absent_stops_start_up_naming_the_setting(side_env: dict
 
 @pytest.fixture(scope="module")
 def unprivileged_kubeconfig(
-    control_plane: KubeClient, side_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    control_plane: KubeTools, side_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """A ServiceAccount with the rights the operator uses on RelayJobs in the side namespace, and
     none on admission policies."""

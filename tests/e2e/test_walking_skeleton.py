@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from controller.sandbox.operator_process import OperatorProcess
+from devtools.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -3,7 +3,7 @@
 The build stage's RUN steps run verbatim in `sh`, with VENV and SRC pointed at temp dirs and the
 build context made of exactly what its COPY lines copy, so a file the install needs but the
 Dockerfile forgets fails here. Then the virtualenv they produce must give a working
-`relayjob-operator` entrypoint, with no pip left in it.
+`relayjob-operator` entrypoint, with no pip and none of the dev tools in it.
 """
 
 from __future__ import annotations
@@ -116,9 +116,18 @@ def _run(
     )
 
 
-def test_build_steps_give_a_working_entrypoint(stages: dict[str, Stage], tmp_path: Path) -> None:
+def _clean_env() -> dict[str, str]:
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("RELAY_")}
+    clean.pop("KUBECONFIG", None)
+    return clean
+
+
+@pytest.fixture(scope="module")
+def image_venv(stages: dict[str, Stage], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The virtualenv the build stage's RUN steps make, from exactly what its COPY lines copy."""
     build = stages["build"]
     workdir = Path(build.all("WORKDIR")[-1])
+    tmp_path = tmp_path_factory.mktemp("image")
     src = tmp_path / "src"
     venv = tmp_path / "venv"
     src.mkdir()
@@ -155,11 +164,14 @@ def test_build_steps_give_a_working_entrypoint(stages: dict[str, Stage], tmp_pat
         assert result.returncode == 0, (
             f"RUN {command}\nexited {result.returncode}:\n{result.stdout}\n{result.stderr}"
         )
+    return venv
 
+
+def test_build_steps_give_a_working_entrypoint(image_venv: Path, tmp_path: Path) -> None:
+    venv = image_venv
     entrypoint = venv / "bin" / "relayjob-operator"
     assert entrypoint.is_file()
-    clean = {key: value for key, value in os.environ.items() if not key.startswith("RELAY_")}
-    clean.pop("KUBECONFIG", None)
+    clean = _clean_env()
 
     usage = _run([str(entrypoint), "--help"], env=clean)
     assert usage.returncode == 0, usage.stderr
@@ -200,6 +212,39 @@ def test_build_steps_give_a_working_entrypoint(stages: dict[str, Stage], tmp_pat
     assert found["pip"] is False, "pip must not be in the runtime virtualenv"
     assert not (venv / "bin" / "pip").exists()
     assert not list(venv.rglob("pip/__init__.py"))
+
+
+def test_the_image_carries_no_dev_tools(image_venv: Path, tmp_path: Path) -> None:
+    """The sandbox (etcd, PKI, Go builds, operator process control) lives in `devtools/` of a
+    clone: the image has none of it, and its `sandbox` and `dev` commands say where they are."""
+    python = image_venv / "bin" / "python"
+    probe = _run(
+        [
+            str(python),
+            "-c",
+            "import importlib.metadata as m, importlib.util as u, json; "
+            "print(json.dumps({'files': [str(f) for f in m.files('relayjob-operator')], "
+            "'devtools': u.find_spec('devtools') is not None, "
+            "'sandbox': u.find_spec('controller.sandbox') is not None}))",
+        ],
+        env=_clean_env(),
+        cwd=tmp_path,  # not the repository, whose devtools/ would be importable from here
+    )
+    assert probe.returncode == 0, probe.stderr
+    found = json.loads(probe.stdout)
+    assert found["devtools"] is False and found["sandbox"] is False
+    assert any(name.startswith("controller/") for name in found["files"])
+    carried = [name for name in found["files"] if name.startswith(("devtools/", "controller/sandbox/"))]
+    assert carried == []
+
+    for command in ("sandbox", "dev"):
+        result = _run(
+            [str(image_venv / "bin" / "relayjob-operator"), command, "up"], env=_clean_env(), cwd=tmp_path
+        )
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"relayjob-operator {command}: a development tool" in result.stderr
+        assert "pip install -e '.[dev]'" in result.stderr
 
 
 def test_dockerfile_passes_hadolint() -> None:

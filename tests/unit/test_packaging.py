@@ -2,6 +2,7 @@
 
 What needs a cluster (install, RBAC really sufficient and really least, uninstall) is in
 tests/e2e/test_helm_chart.py; the Dockerfile is in tests/integration/test_dockerfile_install.py.
+Last, what the image's install holds of the Python package.
 """
 
 from __future__ import annotations
@@ -9,17 +10,20 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from setuptools import find_namespace_packages
 
-from controller.sandbox.binaries import Binaries, BinaryError
 from controller.settings import Settings
+from devtools.binaries import Binaries, BinaryError
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "relayjob-operator"
@@ -825,3 +829,26 @@ def test_skaffold_deploys_the_image_it_builds_with_the_chart(helm: Path, profile
         command = hooks["before"][0]["host"]["command"][-1]
         assert f"for ns in {' '.join(watched)};" in command
         assert sorted(d["metadata"]["namespace"] for d in of_kind(docs, "Role")) == sorted(watched)
+
+
+# -- the Python package: the product in the image, the dev tools in a clone ---------------------
+
+
+def test_the_image_context_installs_the_operator_and_none_of_the_dev_tools(tmp_path: Path) -> None:
+    """Package discovery as pyproject.toml configures it, over exactly what the Dockerfile COPYs
+    into the build stage (tests/integration/test_dockerfile_install.py runs the install itself)."""
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for args in re.findall(r"^COPY (?!--from)(.+)$", dockerfile, re.MULTILINE):
+        for source in args.split()[:-1]:
+            if (REPO / source).is_dir():
+                shutil.copytree(
+                    REPO / source, tmp_path / source, ignore=shutil.ignore_patterns("__pycache__")
+                )
+            else:
+                shutil.copy2(REPO / source, tmp_path / source)
+    in_image = find_namespace_packages(str(tmp_path), include=find["include"])
+    assert "controller.adapters" in in_image
+    assert [p for p in in_image if p.split(".")[0] != "controller" or "sandbox" in p.split(".")] == []
+    in_clone = find_namespace_packages(str(REPO), include=find["include"])
+    assert "devtools" in in_clone

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.sandbox.binaries import (
+from devtools.binaries import (
     ETCD_VERSION,
     KUBERNETES_BUILD,
     KUBERNETES_VERSION,

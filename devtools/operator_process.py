@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.sandbox.servers import free_port
+from devtools.servers import free_port
 
 
 @dataclass

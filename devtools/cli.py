@@ -1,6 +1,6 @@
 """`relayjob-operator sandbox up|down|env|status [--dir DIR]`.
 
-Also runnable as `python -m controller.sandbox.cli ...`. Progress goes to stderr; stdout carries
+Also runnable as `python -m devtools.cli ...`. Progress goes to stderr; stdout carries
 only what a script would consume (the env file for `env`, pids for `status`).
 """
 
@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from controller.sandbox.binaries import BinaryError
-from controller.sandbox.pki import PKIError
-from controller.sandbox.sandbox import (
+from devtools.binaries import BinaryError
+from devtools.pki import PKIError
+from devtools.sandbox import (
     COMPONENTS,
     DEFAULT_CRD,
     DEFAULT_SECRET_POLICY,
@@ -20,7 +20,7 @@ from controller.sandbox.sandbox import (
     Sandbox,
     SandboxError,
 )
-from controller.sandbox.servers import ServerError
+from devtools.servers import ServerError
 
 DEFAULT_DIR = Path(".sandbox")
 

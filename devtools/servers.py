@@ -28,7 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar
 
-from controller.sandbox.pki import PKI
+from devtools.files import write_atomic
+from devtools.pki import PKI
 
 LOOPBACK = "127.0.0.1"
 
@@ -238,7 +239,7 @@ class Server(abc.ABC):
                 group=credentials[1] if credentials else None,
                 extra_groups=[] if credentials else None,
             )
-        _write_atomic(self.pid_file, f"{self._proc.pid}\n")
+        write_atomic(self.pid_file, f"{self._proc.pid}\n")
 
     def _cwd(self) -> Path:
         return self.workdir
@@ -332,12 +333,6 @@ class Server(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url} pid={self.recorded_pid()}>"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_text(text)
-    os.replace(temp, path)
 
 
 def _http_get(url: str, context: ssl.SSLContext | None = None, timeout: float = 2.0) -> bytes:

@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from controller.sandbox.binaries import find_openssl
+from devtools.binaries import find_openssl
+from devtools.files import write_atomic
 
 ADMIN_USER = "relayjob-sandbox-admin"
 _DAYS = "3650"
@@ -223,9 +224,4 @@ def kubeconfig_document(
 
 def write_kubeconfig(path: Path, pki: PKI, server: str, token: str | None = None) -> None:
     text = yaml.safe_dump(kubeconfig_document(pki, server, token=token), sort_keys=False)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    # Holds a key or a token: readable by the owner only, from the first byte written.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(temp, path)
+    write_atomic(path, text, mode=0o600)  # it holds a key or a token: the owner's alone

@@ -17,13 +17,13 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from controller.sandbox.binaries import Binaries
-from controller.sandbox.sandbox import (
+from devtools.binaries import Binaries
+from devtools.sandbox import (
     COMPONENTS,
     DEFAULT_CRD,
     DEFAULT_SECRET_POLICY,
     CommandError,
-    KubeClient,
+    KubeTools,
     Sandbox,
 )
 
@@ -35,7 +35,7 @@ def _say(message: str) -> None:
     print(f"dev: {message}", file=sys.stderr, flush=True)
 
 
-def _current_context(kubectl: Path) -> KubeClient | None:
+def _current_context(kubectl: Path) -> KubeTools | None:
     """A client for the user's current context if it answers within a few seconds."""
     kubeconfig = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
     if not any(Path(p).is_file() for p in kubeconfig.split(os.pathsep)):
@@ -47,7 +47,7 @@ def _current_context(kubectl: Path) -> KubeClient | None:
     if probe.returncode != 0:
         _say(f"current kube context does not answer ({probe.stderr.strip()[:200]}); using a sandbox")
         return None
-    return KubeClient.for_existing_cluster(kubeconfig, Path(".sandbox") / "context")
+    return KubeTools.for_existing_cluster(kubeconfig, Path(".sandbox") / "context")
 
 
 def dev_main(argv: list[str]) -> int:
@@ -70,7 +70,7 @@ def dev_main(argv: list[str]) -> int:
         env.update(sandbox.env())
     if kube is None:
         assert sandbox is not None
-        kube = sandbox.kube_client()
+        kube = sandbox.kube_tools()
         _say("using the sandbox control plane")
     else:
         _say(f"using the current kube context ({kube.server})")

@@ -24,6 +24,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.files import write_atomic
+
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.19.5"
@@ -343,10 +345,10 @@ class Binaries:
             text = render_gomod(
                 build.module_name, go_directive(version_out), build.require, build.version, replaces
             )
-            _write_atomic(gomod, text)
+            write_atomic(gomod, text)
         tools_go = build_dir / "tools.go"
         if not tools_go.exists():
-            _write_atomic(tools_go, render_tools_go(sorted(build.packages.values())))
+            write_atomic(tools_go, render_tools_go(sorted(build.packages.values())))
         self._run_go(go, ["mod", "tidy"], build_dir, log)
 
     def _build(self, tool: str, go: Path, *, relink: bool = False) -> Path:
@@ -372,12 +374,6 @@ class Binaries:
                 temp.unlink(missing_ok=True)
             _progress(f"built {target} in {time.monotonic() - started:.0f}s")
         return target
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_text(text)
-    os.replace(temp, path)
 
 
 def find_redis_server(env: Mapping[str, str] | None = None) -> Path:
@@ -423,7 +419,7 @@ def find_openssl(env: Mapping[str, str] | None = None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m controller.sandbox.binaries [TOOL ...]`: build or locate the tools, print paths."""
+    """`python -m devtools.binaries [TOOL ...]`: build or locate the tools, print paths."""
     import sys
 
     tools = list(argv if argv is not None else sys.argv[1:]) or list(ALL_TOOLS)

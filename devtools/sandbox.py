@@ -31,9 +31,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.sandbox.binaries import Binaries, file_lock, find_postgres_bindir, find_redis_server
-from controller.sandbox.pki import PKI, ensure_pki, write_kubeconfig
-from controller.sandbox.servers import (
+from devtools.binaries import Binaries, file_lock, find_postgres_bindir, find_redis_server
+from devtools.files import write_atomic
+from devtools.pki import PKI, ensure_pki, write_kubeconfig
+from devtools.servers import (
     EtcdServer,
     KubeAPIServer,
     PostgresServer,
@@ -44,7 +45,7 @@ from controller.sandbox.servers import (
 
 COMPONENTS = ("etcd", "kube-apiserver", "redis", "postgres")
 CONTROL_PLANE = ("etcd", "kube-apiserver")
-DEFAULT_CRD = Path(__file__).resolve().parents[2] / "manifests" / "crd.yaml"
+DEFAULT_CRD = Path(__file__).resolve().parents[1] / "manifests" / "crd.yaml"
 DEFAULT_SECRET_POLICY = DEFAULT_CRD.with_name("secret-policy.yaml")
 _REUSE_GRACE_SECONDS = 10.0
 
@@ -67,8 +68,9 @@ class CommandError(subprocess.CalledProcessError):
         return f"{shlex.join(str(a) for a in self.cmd)} exited {self.returncode}: {self.stderr}"
 
 
-class KubeClient:
-    """kubectl and helm bound to one cluster's kubeconfig, always the built binaries."""
+class KubeTools:
+    """kubectl and helm bound to one cluster's kubeconfig, always the built binaries: the clients a
+    user has. (Code that calls the API itself uses the operator's `controller.adapters.kube`.)"""
 
     def __init__(
         self,
@@ -132,38 +134,35 @@ class KubeClient:
         command = [str(self.helm_path), f"--kubeconfig={self.kubeconfig}", *args]
         return self._run(command, check=check, input=input, timeout=timeout)
 
-    def install_crd(self, crd: Path | None, log: Logger = stderr_logger) -> bool:
-        """Server-side apply the CRD and wait until it serves; False when the file is absent."""
-        if crd is None:
+    def _apply(self, manifest: Path | None, what: str, log: Logger) -> bool:
+        """Server-side apply a manifest file; False when there is none."""
+        if manifest is None:
             return False
-        if not crd.is_file():
-            log(f"warning: {crd} does not exist; the RelayJob CRD was not installed")
+        if not manifest.is_file():
+            log(f"warning: {manifest} does not exist; {what} was not installed")
             return False
         self.kubectl(
             "apply", "--server-side", "--force-conflicts", "--field-manager=relayjob-sandbox",
-            "-f", str(crd),
+            "-f", str(manifest),
         )  # fmt: skip
+        return True
+
+    def install_crd(self, crd: Path | None, log: Logger = stderr_logger) -> bool:
+        """Server-side apply the CRD and wait until it serves; False when the file is absent."""
+        if not self._apply(crd, "the RelayJob CRD", log):
+            return False
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd))
         return True
 
     def install_secret_policy(self, policy: Path | None, log: Logger = stderr_logger) -> bool:
         """Server-side apply the Secret-reference admission policy and its binding; False when the
         file is absent. The API server enforces it within a second or so of this returning."""
-        if policy is None:
-            return False
-        if not policy.is_file():
-            log(f"warning: {policy} does not exist; the Secret-reference policy was not installed")
-            return False
-        self.kubectl(
-            "apply", "--server-side", "--force-conflicts", "--field-manager=relayjob-sandbox",
-            "-f", str(policy),
-        )  # fmt: skip
-        return True
+        return self._apply(policy, "the Secret-reference policy", log)
 
     @classmethod
     def for_existing_cluster(
         cls, kubeconfig: str, scratch: Path, binaries: Binaries | None = None
-    ) -> KubeClient:
+    ) -> KubeTools:
         """A client for a cluster named by a KUBECONFIG value (possibly a list of files)."""
         binaries = binaries or Binaries()
         kubectl = binaries.ensure("kubectl")
@@ -175,9 +174,7 @@ class KubeClient:
         # One self-contained file, so `--kubeconfig` works even when KUBECONFIG was a list.
         scratch.mkdir(parents=True, exist_ok=True)
         path = scratch / "kubeconfig"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(flattened.stdout)
+        write_atomic(path, flattened.stdout, mode=0o600)  # it holds the user's credentials
         server = subprocess.run(
             [str(kubectl), f"--kubeconfig={path}", "config", "view", "--minify",
              "-o", "jsonpath={.clusters[0].cluster.server}"],
@@ -242,7 +239,7 @@ class Sandbox:
         return data
 
     def _write_state(self, state: Mapping[str, Any]) -> None:
-        _write_atomic(self.state_file, json.dumps(state, indent=2, sort_keys=True) + "\n")
+        write_atomic(self.state_file, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
     # -- servers as recorded in the directory ------------------------------------------------
 
@@ -306,12 +303,12 @@ class Sandbox:
     def postgres(self) -> PostgresServer:
         return self._typed("postgres", PostgresServer)
 
-    def kube_client(self) -> KubeClient:
+    def kube_tools(self) -> KubeTools:
         tools = self._read_state()["tools"]
         if "kubectl" not in tools:
             raise SandboxError(f"no control plane in {self.directory}; run `sandbox up` first")
         helm = tools.get("helm")
-        return KubeClient(
+        return KubeTools(
             self.kubeconfig,
             Path(tools["kubectl"]),
             self.apiserver.url,
@@ -436,10 +433,10 @@ class Sandbox:
         self._write_state(state)
         if apiserver is not None and pki is not None:
             write_kubeconfig(self.kubeconfig, pki, apiserver.url)
-            kube = self.kube_client()
+            kube = self.kube_tools()
             kube.install_crd(self.crd, self.log)
             kube.install_secret_policy(self.secret_policy, self.log)
-        _write_atomic(self.env_file, self.env_file_text())
+        write_atomic(self.env_file, self.env_file_text())
 
     def down(self, *, purge: bool = False) -> None:
         """Stop every server (SIGTERM, then SIGKILL); with purge, delete the directory too."""
@@ -502,9 +499,3 @@ class Sandbox:
         if dirs:
             lines.append(f'export PATH={shlex.quote(os.pathsep.join(dirs))}:"$PATH"')
         return "# generated by `relayjob-operator sandbox up`; source it\n" + "\n".join(lines) + "\n"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_text(text)
-    os.replace(temp, path)
