@@ -22,10 +22,11 @@ import json
 import sys
 import time
 from typing import Any
-from uuid import UUID
 
 from bench.relay_core import AcceptingCluster, check_drained, seed
-from controller.adapters.ledger import ACTIVE, SETTLE, START_ATTEMPTS
+from controller.adapters.ledger import SQL, OutcomeRecord, record_arguments, start_arguments
+from controller.model.jobs import FencingToken
+from controller.model.phases import AttemptOutcome, Phase, Reason
 from controller.runtime.app import App
 from controller.settings import Settings
 
@@ -46,22 +47,20 @@ async def main(redis_url: str, database_url: str, jobs: int, lanes: int, batch: 
             uids = await app.queue.claim(batch, int(time.time() * 1000), lease_ms)
             if not uids:
                 return
-            opened = await app.pool.fetch(START_ATTEMPTS, [UUID(u) for u in uids], list(ACTIVE), "floor")
-            n = len(opened)
-            settled = await app.pool.fetch(
-                SETTLE,
-                [r["uid"] for r in opened],
-                [r["run"] for r in opened],
-                [r["attempts"] for r in opened],
-                ["Completed"] * n,
-                ["Succeeded"] * n,
-                ["noop target"] * n,
-                [None] * n,
-                [None] * n,
-                [None] * n,
-                ["succeeded"] * n,
-            )
-            await app.queue.settle(done=uids)
+            opened = await app.pool.fetch(SQL["start"], *start_arguments(uids, "floor"))
+            done = [
+                OutcomeRecord(
+                    uid=r["uid"],
+                    fence=FencingToken(r["run"], r["attempts"]),
+                    phase=Phase.COMPLETED,
+                    reason=Reason.SUCCEEDED,
+                    message="noop target",
+                    outcome=AttemptOutcome.SUCCEEDED,
+                )
+                for r in opened
+            ]
+            settled = await app.pool.fetch(SQL["record"], *record_arguments(done))
+            await app.queue.ack(done=uids)
             await app.ledger.statuses_written({r["uid"]: r["version"] for r in settled})
             recorded += len(settled)
 

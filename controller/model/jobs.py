@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +25,16 @@ class JobRef(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+class FencingToken(NamedTuple):
+    """Which attempt an outcome belongs to: the job's run (its re-drive epoch, from 1) and the
+    attempt number within that run (from 1). The ledger records an outcome only while the job still
+    holds this token, so a worker that lost its lease cannot overwrite what the worker that
+    re-claimed the job recorded."""
+
+    run: int
+    attempt: int
 
 
 class JobRow(BaseModel):
@@ -60,6 +70,11 @@ class JobRow(BaseModel):
     # job in the queue; `suspend` holds it back from its next attempt.
     priority: int = 0
     suspend: bool = False
+
+    @property
+    def fence(self) -> FencingToken:
+        """The fencing token of the job's current (or last) attempt."""
+        return FencingToken(self.run, self.attempts)
 
     @property
     def spec(self) -> RelayJobSpec:

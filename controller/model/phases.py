@@ -6,7 +6,6 @@ from enum import StrEnum
 
 
 class Phase(StrEnum):
-    PENDING = "Pending"
     QUEUED = "Queued"
     PROCESSING = "Processing"
     RETRYING = "Retrying"
@@ -28,6 +27,17 @@ class Phase(StrEnum):
 
 
 TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.DEAD_LETTERED, Phase.REJECTED, Phase.CANCELLED})
+
+
+class AttemptOutcome(StrEnum):
+    """How one attempt ended, as the ledger's `attempts` table records it."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    RETRYABLE = "retryable"
+    PERMANENT = "permanent"
+    LOST = "lost"  # its worker stopped renewing the lease, or it was cut off at shutdown
+    CANCELLED = "cancelled"
 
 
 class Reason(StrEnum):

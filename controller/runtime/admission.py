@@ -19,8 +19,9 @@ from controller.adapters.metrics import Metrics
 from controller.adapters.queue import Placement, Queue
 from controller.core.admission import Admitted, admit
 from controller.core.changes import follow, ignored_message
-from controller.core.lifecycle import status_agrees
 from controller.core.scoring import ready_score
+from controller.core.status import status_agrees
+from controller.core.transitions import admitted
 from controller.model.jobs import JobRef, JobRow
 from controller.model.phases import Phase, Reason
 from controller.runtime.events import EventPoster
@@ -71,6 +72,7 @@ def _created(meta: Mapping[str, Any]) -> datetime:
 class Admissions:
     def __init__(
         self,
+        *,
         ledger: Ledger,
         queue: Queue,
         worker: Worker,
@@ -133,19 +135,10 @@ class Admissions:
             )
         else:
             spec = verdict.spec
-            start = spec.earliest_start(created)
-            now = datetime.now(UTC)
-            if spec.suspend:
-                phase, reason, message = Phase.SUSPENDED, Reason.SUSPENDED, "spec.suspend is true"
-            elif start > now:
-                phase, reason, message = (
-                    Phase.QUEUED,
-                    Reason.DELAYED,
-                    f"not before {start:%Y-%m-%dT%H:%M:%SZ}",
-                )
-            else:
-                phase, reason, message = Phase.QUEUED, Reason.ADMITTED, "queued"
-            job = NewJob(ref, spec, raw, generation, phase, reason, message, start if start > now else None)
+            first = admitted(spec, created, datetime.now(UTC))
+            job = NewJob(
+                ref, spec, raw, generation, first.phase, first.reason, first.message, first.next_attempt_at
+            )
             recorded = await self.intake.record(job)
             if recorded is not None:
                 admission, placed = Admission(recorded, created=True), True

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from controller.sandbox.operator_process import OperatorProcess
+from devtools.operator_process import OperatorProcess
 from tests.e2e.jobs import apply, get, wait_all, wait_phase
 from tests.support.target import Target, ThreadedTarget
 

@@ -19,9 +19,9 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from controller.adapters.ledger import Settle
+from controller.adapters.ledger import OutcomeRecord
 from controller.model.jobs import JobRef, JobRow
-from controller.model.phases import Phase
+from controller.model.phases import AttemptOutcome, Phase, Reason
 from controller.runtime.app import App
 from controller.settings import Settings
 
@@ -175,14 +175,13 @@ def new_ref(name: str = "job", namespace: str = "default") -> JobRef:
     return JobRef(uid=uuid.uuid4(), namespace=namespace, name=name)
 
 
-def succeeded(row: JobRow) -> Settle:
+def succeeded(row: JobRow) -> OutcomeRecord:
     """The outcome a worker records when the attempt `row` opened succeeded."""
-    return Settle(
+    return OutcomeRecord(
         uid=row.ref.uid,
-        run=row.run,
-        attempt=row.attempts,
+        fence=row.fence,
         phase=Phase.COMPLETED,
-        reason="Succeeded",
+        reason=Reason.SUCCEEDED,
         message="ok",
-        outcome="succeeded",
+        outcome=AttemptOutcome.SUCCEEDED,
     )

@@ -81,18 +81,18 @@ async def run_with(app: App, cluster: RecordingCluster, method: str, fault: Call
         await eventually(lambda: all_completed(running_app, cluster, [r.uid for r in refs]))
 
 
-@pytest.mark.parametrize("method", ["start_attempts", "settle", "get_many", "versions", "waiting"])
+@pytest.mark.parametrize("method", ["start_attempts", "record_outcomes", "get_many", "versions", "waiting"])
 async def test_a_corrupted_pooled_connection_is_waited_out(
     app: App, cluster: RecordingCluster, method: str
 ) -> None:
     await run_with(app, cluster, method, broken_once)
 
 
-@pytest.mark.parametrize("method", ["start_attempts", "settle"])
+@pytest.mark.parametrize("method", ["start_attempts", "record_outcomes"])
 async def test_a_commit_whose_answer_was_lost_is_not_lost(
     app: App, cluster: RecordingCluster, method: str
 ) -> None:
-    """Retrying a settle that did commit is fenced out by its own outcome: the worker must see
+    """Retrying a record of outcomes that did commit is fenced out by its own outcome: the worker must see
     that the ledger holds its outcome, not a lost race, or the job never leaves `leased` and its
     status never shows Completed (the storm test below found this)."""
     await run_with(app, cluster, method, unanswered_once)

@@ -11,9 +11,9 @@ import asyncpg
 import pytest
 
 from controller.adapters import ledger as ledger_mod
-from controller.adapters.ledger import Ledger, NewJob, RedriveVerdict, Settle
-from controller.model.jobs import SpecChange
-from controller.model.phases import Phase, Reason
+from controller.adapters.ledger import Ledger, NewJob, OutcomeRecord, RedriveVerdict
+from controller.model.jobs import FencingToken, SpecChange
+from controller.model.phases import AttemptOutcome, Phase, Reason
 from controller.model.spec import RelayJobSpec
 from tests.integration.conftest import new_ref, succeeded
 
@@ -39,13 +39,15 @@ async def admit(ledger: Ledger, raw: dict = RAW, name: str = "job") -> ledger_mo
     )
 
 
-async def finish(ledger: Ledger, uid: uuid.UUID, phase: Phase, outcome: str, attempt: int = 1) -> None:
+async def finish(
+    ledger: Ledger, uid: uuid.UUID, phase: Phase, outcome: AttemptOutcome, attempt: int = 1
+) -> None:
     """Record attempt `attempt` of run 1 as `phase`, as the worker does after an execution."""
-    reason = "Succeeded" if phase is Phase.COMPLETED else "PermanentFailure"
-    item = Settle(
-        uid=uid, run=1, attempt=attempt, phase=phase, reason=reason, message=outcome, outcome=outcome
+    reason = Reason.SUCCEEDED if phase is Phase.COMPLETED else Reason.PERMANENT_FAILURE
+    item = OutcomeRecord(
+        uid=uid, fence=FencingToken(1, attempt), phase=phase, reason=reason, message=outcome, outcome=outcome
     )
-    await ledger.settle([item], {uid: RelayJobSpec.model_validate(RAW)})
+    await ledger.record_outcomes([item], {uid: RelayJobSpec.model_validate(RAW)})
 
 
 async def test_migrations_run_twice_without_harm(database_url: str) -> None:
@@ -89,22 +91,21 @@ async def test_outcomes_are_fenced_by_attempt(pool: asyncpg.Pool) -> None:
     second = (await Ledger(pool, "w2").start_attempts([uid])).started[0]
     assert (first.attempts, second.attempts) == (1, 2)
 
-    def done(attempt: int) -> Settle:
-        return Settle(
+    def done(attempt: int) -> OutcomeRecord:
+        return OutcomeRecord(
             uid=row.ref.uid,
-            run=1,
-            attempt=attempt,
+            fence=FencingToken(1, attempt),
             phase=Phase.COMPLETED,
-            reason="Succeeded",
+            reason=Reason.SUCCEEDED,
             message="ok",
-            outcome="succeeded",
+            outcome=AttemptOutcome.SUCCEEDED,
         )
 
-    assert await ledger.settle([done(1)], {row.ref.uid: row.spec}) == []
-    recorded = await ledger.settle([done(2)], {row.ref.uid: row.spec})
+    assert await ledger.record_outcomes([done(1)], {row.ref.uid: row.spec}) == []
+    recorded = await ledger.record_outcomes([done(2)], {row.ref.uid: row.spec})
     assert [r.phase for r in recorded] == [Phase.COMPLETED]
     assert (
-        await ledger.settle([done(2)], {row.ref.uid: row.spec}) == []
+        await ledger.record_outcomes([done(2)], {row.ref.uid: row.spec}) == []
     )  # and nobody overwrites the recorded outcome
     attempts = await ledger.attempts_of(row.ref.uid)
     assert [(a["attempt"], a["outcome"], a["worker"]) for a in attempts] == [
@@ -176,11 +177,11 @@ async def test_nullifier_released_by_dead_letter_and_spent_by_completion(pool: a
     raw = {"target": {"noop": {}}, "nullifier": "n-1", "maxAttempts": 1}
     holder = (await admit(ledger, raw, "a")).row
     await ledger.start_attempts([str(holder.ref.uid)])
-    await finish(ledger, holder.ref.uid, Phase.DEAD_LETTERED, "permanent")
+    await finish(ledger, holder.ref.uid, Phase.DEAD_LETTERED, AttemptOutcome.PERMANENT)
     second = (await admit(ledger, raw, "b")).row
     assert second.phase is Phase.QUEUED
     await ledger.start_attempts([str(second.ref.uid)])
-    await finish(ledger, second.ref.uid, Phase.COMPLETED, "succeeded")
+    await finish(ledger, second.ref.uid, Phase.COMPLETED, AttemptOutcome.SUCCEEDED)
     third = (await admit(ledger, raw, "c")).row
     assert (third.phase, third.reason) == (Phase.REJECTED, "NullifierSpent")
     # A dead-lettered holder cannot be re-driven while another job has spent its nullifier.
@@ -193,7 +194,7 @@ async def test_redrive_resets_attempts_and_keeps_history(pool: asyncpg.Pool) -> 
     ledger = Ledger(pool, "w1")
     row = (await admit(ledger, {"target": {"noop": {}}, "maxAttempts": 1})).row
     await ledger.start_attempts([str(row.ref.uid)])
-    await finish(ledger, row.ref.uid, Phase.DEAD_LETTERED, "permanent")
+    await finish(ledger, row.ref.uid, Phase.DEAD_LETTERED, AttemptOutcome.PERMANENT)
     done = await ledger.redrive(row.ref.uid, "token-1")
     assert done.verdict is RedriveVerdict.REDRIVEN and done.row is not None
     assert (done.row.phase, done.row.attempts, done.row.run) == (Phase.QUEUED, 0, 2)
@@ -281,30 +282,16 @@ async def test_batch_statements_stay_linear_in_the_batch(pool: asyncpg.Pool) -> 
         " FROM generate_series(1, 20000) AS i"
     )
     uids = [(await admit(ledger, name=f"job-{i}")).row.ref.uid for i in range(n)]
-    start_args = (uids, list(ledger_mod.ACTIVE), "w1")
-    for plan in await _plans_as_run(pool, ledger_mod.START_ATTEMPTS, start_args, 8):
+    start_args = ledger_mod.start_arguments([str(u) for u in uids], "w1")
+    for plan in await _plans_as_run(pool, ledger_mod.SQL["start"], start_args, 8):
         assert _rows_handled(plan["Plan"]) < 30 * n
 
     started = (await ledger.start_attempts([str(u) for u in uids])).started
     assert len(started) == n
-    settle_args = (
-        [r.ref.uid for r in started],
-        [r.run for r in started],
-        [r.attempts for r in started],
-        ["Completed"] * n,
-        ["Succeeded"] * n,
-        ["ok"] * n,
-        [None] * n,
-        [None] * n,
-        [None] * n,
-        ["succeeded"] * n,
-        Phase.SUSPENDED.value,
-        Reason.SUSPENDED.value,
-        ledger_mod.SUSPENDED_RETRY_NOTE,
-    )
-    for plan in await _plans_as_run(pool, ledger_mod.SETTLE, settle_args, 8):
+    settle_args = ledger_mod.record_arguments([succeeded(r) for r in started])
+    for plan in await _plans_as_run(pool, ledger_mod.SQL["record"], settle_args, 8):
         assert _rows_handled(plan["Plan"]) < 30 * n
-    assert len(await ledger.settle([succeeded(r) for r in started], {u: spec for u in uids})) == n
+    assert len(await ledger.record_outcomes([succeeded(r) for r in started], {u: spec for u in uids})) == n
 
 
 async def test_redrive_value_seen_before_dead_letter_never_acts_later(pool: asyncpg.Pool) -> None:
@@ -313,7 +300,7 @@ async def test_redrive_value_seen_before_dead_letter_never_acts_later(pool: asyn
     early = await ledger.redrive(row.ref.uid, "early")
     assert (early.verdict, early.phase) == (RedriveVerdict.NOT_DEAD_LETTERED, Phase.QUEUED)
     await ledger.start_attempts([str(row.ref.uid)])
-    await finish(ledger, row.ref.uid, Phase.DEAD_LETTERED, "permanent")
+    await finish(ledger, row.ref.uid, Phase.DEAD_LETTERED, AttemptOutcome.PERMANENT)
     # The annotation still says "early" (as after a restart): it was recorded, so it does nothing.
     again = await ledger.redrive(row.ref.uid, "early")
     assert again.verdict is RedriveVerdict.SEEN_BEFORE
@@ -330,11 +317,11 @@ async def test_suspend_while_processing_holds_the_retry(pool: asyncpg.Pool) -> N
     change = SpecChange(generation=2, priority=0, ttl_seconds=None, suspend=True)
     followed = await ledger.follow(row.ref.uid, change)
     assert followed is not None and (followed.phase, followed.generation) == (Phase.PROCESSING, 2)
-    retry = Settle(
-        uid=row.ref.uid, run=1, attempt=1, phase=Phase.RETRYING, reason="RetryScheduled",
-        message="attempt 1 failed", outcome="retryable",
+    retry = OutcomeRecord(
+        uid=row.ref.uid, fence=FencingToken(1, 1), phase=Phase.RETRYING, reason=Reason.RETRY_SCHEDULED,
+        message="attempt 1 failed", outcome=AttemptOutcome.RETRYABLE,
     )  # fmt: skip
-    [held] = await ledger.settle([retry], {row.ref.uid: RelayJobSpec.model_validate(RAW)})
+    [held] = await ledger.record_outcomes([retry], {row.ref.uid: RelayJobSpec.model_validate(RAW)})
     assert (held.phase, held.reason) == (Phase.SUSPENDED, "Suspended")
     assert "not retried while spec.suspend is true" in (held.message or "")
     # Nothing starts while suspended, even if a stale queue entry names the job.

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.core.changes import MUTABLE_FIELDS, follow, ignored_message
-from controller.core.lifecycle import status_agrees, status_document
+from controller.core.status import status_agrees, status_document
 from controller.model.jobs import JobRef, JobRow
 from controller.model.phases import Phase
 from controller.model.spec import RelayJobSpec

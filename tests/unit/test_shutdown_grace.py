@@ -14,12 +14,12 @@ import yaml
 from pydantic import ValidationError
 
 from controller.cli import AFTER_GRACE_SECONDS
-from controller.core.lifecycle import cut_off_decision
+from controller.core.transitions import cut_off
 from controller.model.jobs import JobRef, JobRow
 from controller.model.phases import Phase, Reason
 from controller.model.spec import RelayJobSpec
-from controller.sandbox.binaries import Binaries, BinaryError
 from controller.settings import Settings, describe_error
+from devtools.binaries import Binaries, BinaryError
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 CHART = Path(__file__).resolve().parents[2] / "helm" / "relayjob-operator"
@@ -51,7 +51,7 @@ def running(attempts: int, max_attempts: int = 3) -> JobRow:
 
 
 def test_an_attempt_cut_off_at_shutdown_is_retried_at_once_with_a_named_reason() -> None:
-    decision = cut_off_decision(running(attempts=1), 25, NOW)
+    decision = cut_off(running(attempts=1), 25, NOW)
     assert decision.phase is Phase.RETRYING
     assert decision.reason == Reason.SHUTDOWN_GRACE_EXCEEDED
     assert decision.next_attempt_at == NOW  # no backoff: the target did not fail, we went away
@@ -62,7 +62,7 @@ def test_an_attempt_cut_off_at_shutdown_is_retried_at_once_with_a_named_reason()
 
 
 def test_a_last_attempt_cut_off_at_shutdown_exhausts_the_job_as_a_lost_lease_would() -> None:
-    decision = cut_off_decision(running(attempts=3, max_attempts=3), 25, NOW)
+    decision = cut_off(running(attempts=3, max_attempts=3), 25, NOW)
     assert decision.phase is Phase.DEAD_LETTERED
     assert decision.reason == Reason.ATTEMPTS_EXHAUSTED
     assert (

@@ -1,9 +1,9 @@
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
-from controller.core.lifecycle import after_attempt, status_document
+from controller.core.status import status_document
 from controller.model.jobs import ExecutionResult, JobRef, JobRow, Outcome
-from controller.model.phases import Phase, Reason
+from controller.model.phases import Phase
 from controller.model.spec import RelayJobSpec
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -40,33 +40,6 @@ def result(outcome: Outcome, **kw: object) -> ExecutionResult:
     return ExecutionResult.model_validate({"outcome": outcome, "reason": "HTTP503"} | kw)
 
 
-def test_success_completes() -> None:
-    d = after_attempt(row(), 1, result(Outcome.SUCCEEDED, result={"httpStatus": 200}), NOW)
-    assert d.phase is Phase.COMPLETED and d.result == {"httpStatus": 200}
-
-
-def test_retryable_schedules_backoff() -> None:
-    d = after_attempt(row(retries=2), 3 - 1, result(Outcome.RETRYABLE), NOW)
-    assert d.phase is Phase.RETRYING and d.reason == Reason.RETRY_SCHEDULED
-    assert d.next_attempt_at == NOW + timedelta(seconds=4)
-
-
-def test_retry_after_is_honoured() -> None:
-    d = after_attempt(row(), 1, result(Outcome.RETRYABLE, retry_after_seconds=9), NOW)
-    assert d.next_attempt_at == NOW + timedelta(seconds=9)
-
-
-def test_last_attempt_dead_letters() -> None:
-    d = after_attempt(row(attempts=3), 3, result(Outcome.RETRYABLE, message="boom"), NOW)
-    assert d.phase is Phase.DEAD_LETTERED and d.reason == Reason.ATTEMPTS_EXHAUSTED
-    assert "3 of 3" in d.message
-
-
-def test_permanent_failure_dead_letters_at_once() -> None:
-    d = after_attempt(row(), 1, result(Outcome.PERMANENT, reason="HTTP400"), NOW)
-    assert d.phase is Phase.DEAD_LETTERED and d.reason == Reason.PERMANENT_FAILURE
-
-
 def test_status_of_completed_job_has_conditions_for_kubectl_wait() -> None:
     doc = status_document(row(phase=Phase.COMPLETED, finished_at=NOW, reason="Succeeded"), NOW)
     cond = {c["type"]: c for c in doc["conditions"]}
@@ -99,7 +72,7 @@ def test_status_of_dead_letter() -> None:
 def test_times_are_rfc3339_utc_seconds_whatever_the_offset() -> None:
     from datetime import timezone
 
-    from controller.core.lifecycle import _utc
+    from controller.core.status import _utc
 
     for offset in (0, 2, -5, 14):
         at = datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone(timedelta(hours=offset)))

@@ -1,0 +1,2 @@
+-- $1 uid
+SELECT * FROM attempts WHERE job_uid = $1 ORDER BY run, attempt

@@ -1,0 +1,2 @@
+-- $1 uid
+SELECT * FROM jobs WHERE uid = $1

@@ -1,0 +1,2 @@
+-- $1 uuid[]
+SELECT * FROM jobs WHERE uid = ANY($1::uuid[])

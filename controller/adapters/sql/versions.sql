@@ -1,0 +1,2 @@
+-- $1 uuid[]
+SELECT uid, version FROM jobs WHERE uid = ANY($1::uuid[])

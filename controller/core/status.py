@@ -1,0 +1,107 @@
+"""What the user sees of each state: a RelayJob's `.status` for a ledger row, and its conditions.
+
+Pure. The status writer asks `status_document` what to show; admission asks `status_agrees`
+whether what a RelayJob shows is still the ledger's. Transitions are in `core.transitions`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.model.jobs import JobRow
+from controller.model.phases import Phase
+
+
+def _condition(
+    ctype: str, status: bool, reason: str, message: str, at: datetime, generation: int
+) -> dict[str, Any]:
+    return {
+        "type": ctype,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": _utc(at),
+        "observedGeneration": generation,
+    }
+
+
+def _utc(value: datetime) -> str:
+    """RFC 3339 in UTC to the second, as Kubernetes writes times (several per status document,
+    so without strftime, which costs several times as much)."""
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
+        f"T{value.hour:02d}:{value.minute:02d}:{value.second:02d}Z"
+    )
+
+
+def conditions_for(row: JobRow, now: datetime) -> list[dict[str, Any]]:
+    """`Succeeded` and `Failed` as batch/v1 Job has them, so `kubectl wait` works the same way."""
+    at = row.finished_at or now
+    gen = row.generation
+    reason = row.reason or row.phase.value
+    message = row.message or ""
+    if row.phase is Phase.COMPLETED:
+        return [
+            _condition("Succeeded", True, reason, message, at, gen),
+            _condition("Failed", False, reason, message, at, gen),
+        ]
+    if row.phase in (Phase.DEAD_LETTERED, Phase.REJECTED):
+        return [
+            _condition("Succeeded", False, reason, message, at, gen),
+            _condition("Failed", True, reason, message, at, gen),
+        ]
+    since = row.queued_at or row.created_at
+    return [
+        _condition("Succeeded", False, reason, message, since, gen),
+        _condition("Failed", False, reason, message, since, gen),
+    ]
+
+
+def status_agrees(status: Mapping[str, Any], row: JobRow) -> bool:
+    """Whether a RelayJob's `.status` shows what the ledger row says, in the fields a user acts on
+    (phase, attempts, observed generation, and the conditions `kubectl wait` reads)."""
+    if (
+        status.get("phase") != row.phase.value
+        or status.get("attempts") != row.attempts
+        or status.get("observedGeneration") != row.generation
+    ):
+        return False
+    shown = {c.get("type"): c.get("status") for c in status.get("conditions") or () if isinstance(c, dict)}
+    expected = {c["type"]: c["status"] for c in conditions_for(row, row.created_at)}
+    return shown == expected
+
+
+def status_document(row: JobRow, now: datetime) -> dict[str, Any]:
+    """The whole `.status` of a RelayJob for a ledger row; the status writer sends it as one patch."""
+    status: dict[str, Any] = {
+        "phase": row.phase.value,
+        "reason": row.reason,
+        "message": row.message,
+        "attempts": row.attempts,
+        "retries": row.retries,
+        "observedGeneration": row.generation,
+        "nullifier": row.nullifier,
+        "queuedAt": _utc(row.queued_at) if row.queued_at else None,
+        "startedAt": _utc(row.started_at) if row.started_at else None,
+        "completedAt": _utc(row.finished_at) if row.finished_at and row.phase is Phase.COMPLETED else None,
+        "nextAttemptAt": _utc(row.next_attempt_at)
+        if row.next_attempt_at and row.phase in (Phase.RETRYING, Phase.QUEUED)
+        else None,
+        "lastError": row.last_error,
+        "result": row.result,
+        "redriveToken": row.redrive_token,
+        "conditions": conditions_for(row, now),
+        "deadLetter": {
+            "reason": row.reason,
+            "message": row.message,
+            "at": _utc(row.finished_at or now),
+            "attempts": row.attempts,
+        }
+        if row.phase is Phase.DEAD_LETTERED
+        else None,
+    }
+    return status

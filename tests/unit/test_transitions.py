@@ -1,0 +1,207 @@
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from controller.core.admission import Refused, admit
+from controller.core.transitions import (
+    EDGES,
+    HELD_RETRY,
+    Transition,
+    admitted,
+    after_attempt,
+    can,
+    cut_off,
+)
+from controller.model.jobs import ExecutionResult, JobRef, JobRow, Outcome
+from controller.model.phases import AttemptOutcome, Phase, Reason
+from controller.model.spec import RelayJobSpec
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def row(**changes: object) -> JobRow:
+    base = JobRow(
+        ref=JobRef(uid=uuid4(), namespace="ns", name="job"),
+        seq=1,
+        phase=Phase.PROCESSING,
+        spec_or_none=RelayJobSpec.model_validate(
+            {"target": {"noop": {}}, "maxAttempts": 3, "backoff": {"jitter": False}}
+        ),
+        generation=1,
+        nullifier=None,
+        attempts=1,
+        retries=0,
+        max_attempts=3,
+        next_attempt_at=None,
+        last_error=None,
+        result=None,
+        reason=None,
+        message=None,
+        redrive_token=None,
+        created_at=NOW,
+        queued_at=NOW,
+        started_at=NOW,
+        finished_at=None,
+    )
+    return base.model_copy(update=changes)
+
+
+def result(outcome: Outcome, **kw: object) -> ExecutionResult:
+    return ExecutionResult.model_validate({"outcome": outcome, "reason": "HTTP503"} | kw)
+
+
+def test_success_completes() -> None:
+    d = after_attempt(row(), 1, result(Outcome.SUCCEEDED, result={"httpStatus": 200}), NOW)
+    assert d.phase is Phase.COMPLETED and d.result == {"httpStatus": 200}
+
+
+def test_retryable_schedules_backoff() -> None:
+    d = after_attempt(row(retries=2), 3 - 1, result(Outcome.RETRYABLE), NOW)
+    assert d.phase is Phase.RETRYING and d.reason == Reason.RETRY_SCHEDULED
+    assert d.next_attempt_at == NOW + timedelta(seconds=4)
+
+
+def test_retry_after_is_honoured() -> None:
+    d = after_attempt(row(), 1, result(Outcome.RETRYABLE, retry_after_seconds=9), NOW)
+    assert d.next_attempt_at == NOW + timedelta(seconds=9)
+
+
+def test_last_attempt_dead_letters() -> None:
+    d = after_attempt(row(attempts=3), 3, result(Outcome.RETRYABLE, message="boom"), NOW)
+    assert d.phase is Phase.DEAD_LETTERED and d.reason == Reason.ATTEMPTS_EXHAUSTED
+    assert "3 of 3" in d.message
+
+
+def test_permanent_failure_dead_letters_at_once() -> None:
+    d = after_attempt(row(), 1, result(Outcome.PERMANENT, reason="HTTP400"), NOW)
+    assert d.phase is Phase.DEAD_LETTERED and d.reason == Reason.PERMANENT_FAILURE
+
+
+# The table, read as a graph: what may follow what.
+def _successors(phase: Phase | None) -> set[Phase]:
+    return {t for edge in EDGES.values() if phase in edge.sources for t in edge.targets}
+
+
+def test_every_phase_but_cancelled_is_reached_from_admission_and_pending_is_gone() -> None:
+    seen: set[Phase] = set()
+    frontier = _successors(None)
+    while frontier:
+        seen |= frontier
+        frontier = {n for p in frontier for n in _successors(p)} - seen
+    assert seen == set(Phase)
+
+
+def test_nothing_leaves_completed_rejected_or_cancelled_and_dead_letters_leave_only_by_redrive() -> None:
+    for phase in (Phase.COMPLETED, Phase.REJECTED, Phase.CANCELLED):
+        assert _successors(phase) == set()
+    leaving = [t for t, e in EDGES.items() if Phase.DEAD_LETTERED in e.sources]
+    assert leaving == [Transition.REDRIVE]
+
+
+def test_dead_lettering_has_exactly_three_paths() -> None:
+    into = {t for t, e in EDGES.items() if Phase.DEAD_LETTERED in e.targets}
+    assert into == {Transition.RECORD, Transition.EXHAUST, Transition.CUT_OFF}
+
+
+@pytest.mark.parametrize("transition", list(Transition))
+@pytest.mark.parametrize("source", [None, *Phase])
+@pytest.mark.parametrize("target", list(Phase))
+def test_can_follows_the_table(transition: Transition, source: Phase | None, target: Phase) -> None:
+    edge = EDGES[transition]
+    assert can(transition, source, target) == (source in edge.sources and target in edge.targets)
+
+
+@given(
+    outcome=st.sampled_from(list(Outcome)),
+    attempt=st.integers(1, 5),
+    retry_after=st.none() | st.floats(0, 10**6),
+)
+def test_an_attempts_outcome_is_a_record_transition(
+    outcome: Outcome, attempt: int, retry_after: float | None
+) -> None:
+    decision = after_attempt(
+        row(attempts=attempt),
+        attempt,
+        result(outcome, retry_after_seconds=retry_after),
+        NOW,
+        rand=lambda: 0.5,
+    )
+    assert can(Transition.RECORD, Phase.PROCESSING, decision.phase)
+    assert decision.reason in EDGES[Transition.RECORD].reasons
+
+
+@given(attempts=st.integers(1, 3))
+def test_a_cut_off_is_a_cut_off_transition(attempts: int) -> None:
+    decision = cut_off(row(attempts=attempts), 25, NOW)
+    assert can(Transition.CUT_OFF, Phase.PROCESSING, decision.phase)
+    assert decision.reason in EDGES[Transition.CUT_OFF].reasons
+
+
+@given(suspend=st.booleans(), delay=st.none() | st.integers(0, 3600))
+def test_admission_enters_through_admit(suspend: bool, delay: int | None) -> None:
+    raw: dict[str, object] = {"target": {"noop": {}}, "suspend": suspend}
+    if delay is not None:
+        raw["delaySeconds"] = delay
+    decision = admitted(RelayJobSpec.model_validate(raw), NOW, NOW)
+    assert can(Transition.ADMIT, None, decision.phase)
+    assert decision.reason in EDGES[Transition.ADMIT].reasons
+    assert (decision.next_attempt_at is not None) == bool(delay)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"target": {}},
+        {"target": {"noop": {}}, "payload": {"x": "a" * 70_000}},
+        {"target": {"vendor": {}}},
+        {"target": {"noop": {}}, "priority": 101},
+    ],
+)
+def test_refusals_are_refuse_transitions(raw: dict[str, object]) -> None:
+    verdict = admit(raw, 64 * 1024, {"noop", "http"})
+    assert isinstance(verdict, Refused)
+    assert verdict.reason in EDGES[Transition.REFUSE].reasons
+
+
+def test_the_ledger_writes_only_what_the_table_allows() -> None:
+    from controller.adapters import ledger
+
+    start_targets = EDGES[Transition.START].targets | EDGES[Transition.EXHAUST].targets
+    start_targets |= EDGES[Transition.HOLD].targets
+    phases = {p for p in ledger.START_PHASES if isinstance(p, Phase)}
+    assert phases <= start_targets
+    held_from, held_to, held_reason = HELD_RETRY
+    assert can(Transition.RECORD, Phase.PROCESSING, held_from)
+    assert can(Transition.RECORD, Phase.PROCESSING, held_to)
+    assert held_reason in EDGES[Transition.RECORD].reasons
+
+
+SQL_FOLDER = Path(__file__).parents[2] / "controller" / "adapters"
+STATE_WORDS = {p.value for p in Phase} | {r.value for r in Reason} | {o.value for o in AttemptOutcome}
+
+
+def test_no_phase_reason_or_outcome_literal_is_left_in_adapter_sql() -> None:
+    """Every phase, reason and attempt outcome reaches SQL as a parameter from core's enums, so the
+    state machine is read in one place. (Migrations are history: they keep what they said.)"""
+    sources = [*SQL_FOLDER.glob("sql/*.sql"), *SQL_FOLDER.glob("*.py"), *SQL_FOLDER.glob("executors/*.py")]
+    assert len([s for s in sources if s.suffix == ".sql"]) >= 20
+    found = {
+        f"{source.name}: '{word}'"
+        for source in sources
+        for word in re.findall(r"'([A-Za-z]+)'", source.read_text())
+        if word in STATE_WORDS
+    }
+    assert found == set()
+
+
+def test_a_delayed_job_says_when_in_utc() -> None:
+
+    spec = RelayJobSpec.model_validate({"target": {"noop": {}}, "notBefore": "2030-01-01T10:00:00+05:00"})
+    decision = admitted(spec, NOW, NOW)
+    assert decision.message == "not before 2030-01-01T05:00:00Z"
+    assert decision.next_attempt_at == datetime(2030, 1, 1, 5, tzinfo=UTC)
