@@ -41,7 +41,7 @@ async def main(
         elif i % 3 == 1:
             await queue.claim(1, int(time.time() * 1000), 15000)
         else:
-            await queue.settle(done=[uid])
+            await queue.ack(done=[uid])
 
     async def naive(i: int) -> None:
         conn = aioredis.Redis.from_url(url, single_connection_client=True, socket_connect_timeout=5)

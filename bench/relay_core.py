@@ -5,7 +5,7 @@
 N no-op RelayJobs are admitted in bulk (ledger rows + queue entries, as admission leaves them),
 then the operator's background loops start exactly as `relayjob-operator run` starts them, minus
 kopf: worker (claim, execute, settle with its ledger writes), status writer, event poster and
-reconciler. The Kubernetes API is a stand-in that accepts every write. The clock runs from the
+maintenance loops. The Kubernetes API is a stand-in that accepts every write. The clock runs from the
 start of the loops until the last job's outcome is recorded in the ledger and in Redis.
 
 Prints one JSON line: {"peer": "relayjob", "jobs", "seconds", "jobs_per_s", ...}.

@@ -85,10 +85,9 @@ end
 return expired
 """
 
-
-# Hand claimed-but-unstarted jobs back at once (the ledger refused them for a passing reason),
-# rather than letting their leases run out.
-_RELEASE = """
+# Nack: hand claimed-but-unstarted jobs back at once (the ledger refused them for a passing reason,
+# or shutdown began before they started), rather than letting their leases run out.
+_NACK = """
 local ready, leased, score = KEYS[1], KEYS[2], KEYS[3]
 for _, uid in ipairs(ARGV) do
   if redis.call('ZREM', leased, uid) == 1 then
@@ -151,9 +150,11 @@ class Queue:
         self._claim = client.register_script(_CLAIM)
         self._place = client.register_script(_PLACE)
         self._reap = client.register_script(_REAP)
-        self._release = client.register_script(_RELEASE)
+        self._nack = client.register_script(_NACK)
 
     async def place(self, items: Sequence[Placement], now_ms: int, only_missing: bool = False) -> int:
+        """Put each job where the ledger says it belongs (`ready`, or `delayed` until its
+        `ready_at_ms`); with `only_missing`, only jobs found nowhere. Returns how many moved."""
         if not items:
             return 0
         args: list[str | int] = [now_ms, "missing" if only_missing else "force"]
@@ -163,6 +164,8 @@ class Queue:
         return int(await self._place(keys=keys, args=args))
 
     async def claim(self, n: int, now_ms: int, lease_ms: int) -> list[str]:
+        """Lease up to `n` ready jobs, best score first, until `now_ms + lease_ms` (epoch ms), after
+        moving the delayed jobs due by `now_ms` to `ready`; returns their uids."""
         keys = [self.ready, self.delayed, self.leased, self.score]
         return list(await self._claim(keys=keys, args=[now_ms, lease_ms, n]))
 
@@ -174,14 +177,15 @@ class Queue:
         if mapping:
             await self.client.zadd(self.leased, mapping)
 
-    async def settle(
+    async def ack(
         self,
         done: Sequence[str] = (),
         retry: Sequence[tuple[str, int]] = (),
         dead: Sequence[tuple[str, int]] = (),
     ) -> None:
-        """Apply recorded outcomes in one round trip: finished jobs leave Redis entirely, retries
-        wait in `delayed`, dead-lettered ones move to the dead-letter set."""
+        """Apply outcomes the ledger recorded, in one MULTI round trip: each uid leaves `leased`;
+        `done` ones leave Redis entirely, `retry` ones wait in `delayed` until their epoch ms, and
+        `dead` ones enter the dead-letter set with theirs (when they were dead-lettered)."""
         if not (done or retry or dead):
             return
         # Variadic commands: a batch of any size is at most four commands in one MULTI.
@@ -207,11 +211,13 @@ class Queue:
         await pipe.execute()
 
     async def reap(self, now_ms: int, limit: int = 1000) -> list[str]:
+        """Return up to `limit` leases expired by `now_ms` (epoch ms) to `ready`; returns their uids."""
         return list(await self._reap(keys=[self.ready, self.leased, self.score], args=[now_ms, limit]))
 
-    async def release(self, uids: Sequence[str]) -> None:
+    async def nack(self, uids: Sequence[str]) -> None:
+        """Hand leases back unused: each uid still in `leased` returns to `ready` in its place."""
         if uids:
-            await self._release(keys=[self.ready, self.leased, self.score], args=list(uids))
+            await self._nack(keys=[self.ready, self.leased, self.score], args=list(uids))
 
     async def depth(self) -> Depth:
         pipe = self.client.pipeline(transaction=False)
@@ -221,7 +227,7 @@ class Queue:
         return Depth(int(ready), int(delayed), int(leased), int(dead))
 
     async def members(self) -> set[str]:
-        """Every uid Redis holds in ready, delayed or leased (for reconciliation)."""
+        """Every uid Redis holds in ready, delayed or leased (what tests and a diagnosis look at)."""
         pipe = self.client.pipeline(transaction=False)
         for key in (self.ready, self.delayed, self.leased):
             pipe.zrange(key, 0, -1)

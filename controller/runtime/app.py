@@ -25,7 +25,8 @@ from controller.adapters.metrics import Metrics
 from controller.model.jobs import ClusterApi, Executor
 from controller.runtime.admission import Admissions
 from controller.runtime.events import EventPoster
-from controller.runtime.reconciler import Reconciler
+from controller.runtime.maintenance import Maintenance
+from controller.runtime.retry import Throttle
 from controller.runtime.secret_policy import SecretPolicy, announce, inspect
 from controller.runtime.status import StatusWriter
 from controller.runtime.worker import Worker
@@ -57,23 +58,23 @@ async def _patiently(what: str, setting: str, timeout: float, connect: Callable[
     `timeout` seconds. Errors that waiting cannot fix (credentials, unknown database) surface at
     once; every failure ends in a StartupError naming the setting to check."""
     deadline = time.monotonic() + timeout
-    delay = 0.5
+    throttle = Throttle(0.5, 5.0)
     while True:
         try:
             return await connect()
         except _WAIT_FOR as error:
-            if time.monotonic() + delay > deadline:
+            if time.monotonic() + throttle.next_seconds > deadline:
                 raise StartupError(f"{setting}: cannot reach {what} ({error})") from None
+            pause = throttle.failed()
             log.warning(
                 "%s: %s does not answer yet (%s); retrying in %.1fs",
                 setting,
                 what,
                 error,
-                delay,
+                pause,
                 extra={"setting": setting},
             )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5)
+            await throttle.pause()
 
 
 async def _open_redis(settings: Settings) -> Redis:
@@ -133,7 +134,7 @@ async def _open_postgres(settings: Settings) -> asyncpg.Pool:
     return opened
 
 
-@dataclass
+@dataclass(kw_only=True)
 class App:
     settings: Settings
     redis: Redis
@@ -147,7 +148,7 @@ class App:
     events: EventPoster
     worker: Worker
     admissions: Admissions
-    reconciler: Reconciler
+    maintenance: Maintenance
     identity: str
     # What start-up found of the Secret-reference admission policy; None when not looked for.
     secret_policy: SecretPolicy | None = None
@@ -190,48 +191,66 @@ class App:
         ledger = ledger_mod.Ledger(pool, identity)
         queue = queue_mod.Queue(redis_client, settings.key_prefix)
         status = StatusWriter(
-            ledger,
-            kube,
-            metrics,
-            settings.status_flush_seconds,
-            settings.status_concurrency,
-            settings.status_quiet_seconds,
+            ledger=ledger,
+            kube=kube,
+            metrics=metrics,
+            flush_seconds=settings.status_flush_seconds,
+            concurrency=settings.status_concurrency,
+            quiet_seconds=settings.status_quiet_seconds,
         )
         events = EventPoster(kube, metrics, settings.events_per_second)
-        worker = Worker(settings, queue, ledger, executors, status, events, metrics)
-        admissions = Admissions(ledger, queue, worker, status, events, metrics, settings.payload_limit_bytes)
-        reconciler = Reconciler(
-            ledger,
-            queue,
-            kube,
-            metrics,
-            status,
-            settings.namespaces,
-            settings.lease_seconds,
-            settings.reconcile_interval_seconds,
-            admissions.forget,
+        worker = Worker(
+            settings=settings,
+            queue=queue,
+            ledger=ledger,
+            executors=executors,
+            status=status,
+            events=events,
+            metrics=metrics,
+        )
+        admissions = Admissions(
+            ledger=ledger,
+            queue=queue,
+            worker=worker,
+            status=status,
+            events=events,
+            metrics=metrics,
+            payload_limit=settings.payload_limit_bytes,
+        )
+        maintenance = Maintenance(
+            ledger=ledger,
+            queue=queue,
+            kube=kube,
+            metrics=metrics,
+            status=status,
+            namespaces=settings.namespaces,
+            lease_seconds=settings.lease_seconds,
+            interval=settings.reconcile_interval_seconds,
+            forget=admissions.forget,
         )
         return cls(
-            settings,
-            redis_client,
-            pool,
-            kube,
-            metrics,
-            executors,
-            ledger,
-            queue,
-            status,
-            events,
-            worker,
-            admissions,
-            reconciler,
-            identity,
+            settings=settings,
+            redis=redis_client,
+            pool=pool,
+            kube=kube,
+            metrics=metrics,
+            executors=executors,
+            ledger=ledger,
+            queue=queue,
+            status=status,
+            events=events,
+            worker=worker,
+            admissions=admissions,
+            maintenance=maintenance,
+            identity=identity,
         )
 
     async def run(self) -> None:
         """The background work of the process; returns only by cancellation, which comes after
         `drain` on a graceful shutdown."""
-        await asyncio.gather(self.status.run(), self.worker.run(), self.reconciler.run(), self._pool_gauges())
+        await asyncio.gather(
+            self.status.run(), self.worker.run(), self.maintenance.run(), self._pool_gauges()
+        )
 
     async def _pool_gauges(self) -> None:
         while True:

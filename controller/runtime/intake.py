@@ -6,27 +6,41 @@ operator's event loop busy in socket writes while the API server waited for CPU.
 arrives while a batch is being recorded waits for that batch to finish and goes into the next
 one: a lone job is recorded at once, and a burst is recorded in as many statements as it takes
 round trips.
+
+Guarantees: at most BATCH_LIMIT jobs share a statement; every `record` call gets its own answer
+(its row, or None) or the exception its batch raised, and rows are placed in Redis before any
+caller is answered; a cancelled batch cancels every waiting call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+from uuid import UUID
 
-from controller.adapters.ledger import UNSTORABLE, Ledger, NewJob
-from controller.adapters.queue import Placement, Queue
+from controller.adapters.ledger import UNSTORABLE, NewJob
+from controller.adapters.queue import Placement
 from controller.model.jobs import JobRow
 from controller.model.phases import Phase
+from controller.runtime.clock import epoch_ms
 
 BATCH_LIMIT = 500
+
+
+class IntakeLedger(Protocol):
+    async def admit_many(self, jobs: Sequence[NewJob]) -> dict[UUID, JobRow]: ...
+
+
+class IntakeQueue(Protocol):
+    async def place(self, items: Sequence[Placement], now_ms: int, only_missing: bool = False) -> int: ...
 
 
 class Intake:
     def __init__(
         self,
-        ledger: Ledger,
-        queue: Queue,
+        ledger: IntakeLedger,
+        queue: IntakeQueue,
         placement: Callable[[JobRow], Placement],
         placed: Callable[[Iterable[JobRow]], None],
     ) -> None:
@@ -64,13 +78,7 @@ class Intake:
 
     async def _record_batch(self, batch: list[tuple[NewJob, asyncio.Future[JobRow | None]]]) -> None:
         try:
-            try:
-                created = await self.ledger.admit_many([job for job, _ in batch])
-            except UNSTORABLE:
-                created = {}
-            queued = [r for r in created.values() if r.phase is Phase.QUEUED]
-            if queued:
-                await self.queue.place([self.placement(r) for r in queued], int(time.time() * 1000))
+            created = await self._create([job for job, _ in batch])
         except Exception as error:
             # Each waiting handler retries on its own; a retry finds its row recorded (if the
             # INSERT committed) and places it then.
@@ -82,3 +90,15 @@ class Intake:
         for job, answer in batch:
             if not answer.done():
                 answer.set_result(created.get(job.ref.uid))
+
+    async def _create(self, jobs: list[NewJob]) -> dict[UUID, JobRow]:
+        """The rows one INSERT created for `jobs`, the Queued ones placed in Redis; none when a
+        spec in the batch cannot be stored."""
+        try:
+            created = await self.ledger.admit_many(jobs)
+        except UNSTORABLE:
+            return {}
+        queued = [r for r in created.values() if r.phase is Phase.QUEUED]
+        if queued:
+            await self.queue.place([self.placement(r) for r in queued], epoch_ms())
+        return created

@@ -1,14 +1,23 @@
-"""Waiting out an outage: retry an operation with capped exponential backoff until it succeeds.
+"""Waiting out failures: one throttle for every loop that retries after an error.
 
-Used where giving up would lose work that nothing else re-delivers, such as a watch event whose
-admission met Redis, PostgreSQL or the API server down (kopf does not re-deliver `on.event`).
+`Throttle` holds the pause between tries, in seconds: `first_seconds` after a failure, doubled
+after each further failure up to `max_seconds`, and back to `first_seconds` after a success (a
+pause already begun still runs out). `throttled` runs one try under a throttle, as kopf's
+`throttlers.throttled()` does: an error of the given types is logged with the pause it causes,
+counted in `relayjob_loop_errors_total{loop=...}` and swallowed; any other error propagates.
+
+`until_done` retries an operation that way until it succeeds. It is used where giving up would
+lose work that nothing else re-delivers, such as a watch event whose admission met Redis,
+PostgreSQL or the API server down (kopf does not re-deliver `on.event`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import asyncpg
@@ -43,6 +52,74 @@ T = TypeVar("T")
 log = logging.getLogger("relayjob.retry")
 
 
+class Throttle:
+    """The pause between tries of something that fails: capped exponential, reset by a success."""
+
+    def __init__(self, first_seconds: float, max_seconds: float) -> None:
+        self.first_seconds = first_seconds
+        self.max_seconds = max_seconds
+        self.next_seconds = first_seconds  # the pause the next failure causes
+        self.active = False  # the last try failed
+        self._until = 0.0  # time.monotonic() at which the pause of the last failure ends
+
+    def failed(self) -> float:
+        """Count a failure: returns the pause it causes, in seconds, and doubles the next one."""
+        pause = self.next_seconds
+        self.active = True
+        self._until = time.monotonic() + pause
+        self.next_seconds = min(pause * 2, self.max_seconds)
+        return pause
+
+    def succeeded(self) -> None:
+        self.active = False
+        self.next_seconds = self.first_seconds
+
+    def remaining(self) -> float:
+        """Seconds left of the pause the last failure caused; 0.0 when it is over."""
+        return max(0.0, self._until - time.monotonic())
+
+    async def pause(self, wakeup: asyncio.Event | None = None) -> None:
+        """Sleep out `remaining()`, or until `wakeup` is set; returns at once when no pause is due."""
+        remaining = self.remaining()
+        if remaining <= 0:
+            return
+        if wakeup is None:
+            await asyncio.sleep(remaining)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(remaining):
+                await wakeup.wait()
+
+
+@contextlib.asynccontextmanager
+async def throttled(
+    throttle: Throttle,
+    metrics: Metrics,
+    loop: str,
+    *,
+    what: str | None = None,
+    errors: tuple[type[BaseException], ...] = TRANSIENT,
+    extra: Mapping[str, object] | None = None,
+    logger: logging.Logger = log,
+) -> AsyncIterator[None]:
+    """One try of loop `loop`: the block's `errors` are swallowed, logged to `logger` as "`what`
+    failed" (`what` defaults to `loop`) and counted under `loop`, and the throttle pauses; a block
+    that ends without an error resets the throttle. A swallowed error outside TRANSIENT is a bug,
+    logged at ERROR with its traceback."""
+    try:
+        yield
+    except errors as error:
+        pause = throttle.failed()
+        fields = dict(extra or {})
+        if isinstance(error, TRANSIENT):
+            logger.warning("%s failed, retrying in %.1fs: %s", what or loop, pause, error, extra=fields)
+        else:
+            logger.exception("%s failed, retrying in %.1fs", what or loop, pause, extra=fields)
+        metrics.errors.labels(loop).inc()
+    else:
+        throttle.succeeded()
+
+
 async def until_done(
     action: Callable[[], Awaitable[T]],
     what: str,
@@ -52,12 +129,10 @@ async def until_done(
     extra: Mapping[str, object] | None = None,
     retry_on: tuple[type[BaseException], ...] = OUTAGE,
 ) -> T:
-    delay = first_delay
+    """`action()`'s result, after as many tries as it takes while it raises `retry_on` (pauses in
+    seconds: `first_delay`, doubled up to `max_delay`). Any other error propagates at once."""
+    throttle = Throttle(first_delay, max_delay)
     while True:
-        try:
+        async with throttled(throttle, metrics, what, errors=retry_on, extra=extra):
             return await action()
-        except retry_on as error:
-            log.warning("%s failed, retrying in %.1fs: %s", what, delay, error, extra=extra or {})
-            metrics.errors.labels(what).inc()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay)
+        await throttle.pause()

@@ -6,6 +6,11 @@ one read back (`mark`). Writing what the ledger says (not what a caller thought)
 records in agreement. Coalescing means a job that finishes soon gets a single write: a job about to
 run (Queued and ready, or Processing) is written only after `quiet_seconds`, so one that completes
 meanwhile shows `Completed` with no `Queued` or `Processing` in between.
+
+Guarantees: a job is in at most one batch at a time (two of its documents never race each other
+to the API server); a batch that fails for a server error keeps its jobs dirty, and no batch starts
+before its pause is over (loop "status": 0.5 s, doubled up to 30 s); a patch the API server refuses
+for good is logged and never retried; `wait_idle` returns once no job is dirty or being written.
 """
 
 from __future__ import annotations
@@ -13,21 +18,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 from uuid import UUID
 
 from controller.adapters.kube import KubeError
-from controller.adapters.ledger import Ledger
 from controller.adapters.metrics import Metrics
-from controller.core.lifecycle import status_document
+from controller.core.status import status_document
 from controller.model.jobs import ClusterApi, JobRow
 from controller.model.phases import Phase
 from controller.runtime.logs import job_fields
-from controller.runtime.retry import TRANSIENT
+from controller.runtime.retry import Throttle, throttled
 
 log = logging.getLogger("relayjob.status")
 PIPELINE = 3  # batches in flight at once: one reading the ledger while others wait on patches
+
+
+class StatusLedger(Protocol):
+    """What the status writer reads and records in the ledger (`adapters.ledger.Ledger`)."""
+
+    async def get_many(self, uids: Iterable[UUID]) -> dict[UUID, JobRow]: ...
+
+    async def versions(self, uids: Iterable[UUID]) -> dict[UUID, int]: ...
+
+    async def statuses_written(self, written: Mapping[UUID, int]) -> dict[UUID, int]: ...
 
 
 def _about_to_change(row: JobRow) -> bool:
@@ -40,7 +55,8 @@ def _about_to_change(row: JobRow) -> bool:
 class StatusWriter:
     def __init__(
         self,
-        ledger: Ledger,
+        *,
+        ledger: StatusLedger,
         kube: ClusterApi,
         metrics: Metrics,
         flush_seconds: float,
@@ -55,8 +71,7 @@ class StatusWriter:
         self._limit = asyncio.Semaphore(concurrency)
         self._batch_size = concurrency
         self._in_flight: set[UUID] = set()  # jobs of batches being written
-        self._backoff = 0.5
-        self._resume_at = 0.0  # after a failed flush, no batch starts before this (monotonic)
+        self._throttle = Throttle(0.5, 30.0)  # after a failed flush, no batch starts until it pauses
         self._dirty: dict[UUID, float] = {}  # uid -> when (monotonic) its write is due
         self._rows: dict[UUID, JobRow] = {}  # the newest row the ledger handed us, when we have it
         self._wake = asyncio.Event()
@@ -100,6 +115,7 @@ class StatusWriter:
             self._wake.set()
 
     async def wait_idle(self) -> None:
+        """Until no job is dirty or being written."""
         await self._idle.wait()
 
     async def run(self) -> None:
@@ -114,7 +130,7 @@ class StatusWriter:
                     flushing.discard(task)
                     task.result()  # an error the flush could not turn into a retry ends the loop
                 now = time.monotonic()
-                if len(flushing) < PIPELINE and now >= self._resume_at:
+                if len(flushing) < PIPELINE and not self._throttle.remaining():
                     batch = self._take_due(now)
                     if batch:
                         flushing.add(asyncio.create_task(self._flush_batch(batch)))
@@ -146,8 +162,9 @@ class StatusWriter:
         idle = not flushing
         waits = {n for n in self._dirty.values() if n > now}
         timeout = (min(waits) - now) if waits else None
-        if now < self._resume_at:
-            timeout = self._resume_at - now
+        pause = self._throttle.remaining()
+        if pause:
+            timeout = pause
         self._wake.clear()
         woken = asyncio.ensure_future(self._wake.wait())
         try:
@@ -159,20 +176,19 @@ class StatusWriter:
 
     async def _flush_batch(self, batch: list[UUID]) -> None:
         try:
-            await self.flush(batch)
-            self._backoff = 0.5
-        except TRANSIENT as error:
-            # The API server or Postgres is away: keep the jobs dirty and try again later.
-            log.warning("status flush failed, retrying in %.1fs: %s", self._backoff, error)
-            self._metrics.errors.labels("status").inc()
-            self._resume_at = time.monotonic() + self._backoff
-            self._backoff = min(self._backoff * 2, 30)
+            async with throttled(self._throttle, self._metrics, "status", what="status flush", logger=log):
+                await self.flush(batch)
+                return
+            # The API server or Postgres is away: keep the jobs dirty and try again after the pause.
             self.mark(batch)
         finally:
             self._in_flight.difference_update(batch)
             self._wake.set()
 
     async def flush(self, uids: list[UUID]) -> None:
+        """Write the status of `uids` now, each from the row handed over while it is current, else
+        from a fresh read. Raises a ledger error, or the first patch failure worth retrying (no
+        answer, 409, 429, 5xx; that job is marked dirty again)."""
         rows = {uid: self._rows.pop(uid) for uid in uids if uid in self._rows}
         if rows:  # rows we were handed are used only while still current: a version is a cheap read
             current = await self._ledger.versions(list(rows))
@@ -191,7 +207,7 @@ class StatusWriter:
         # Whoever patched last re-reads: if the ledger moved on, it writes again. The ledger is
         # linearisable, so this ends with the newest status in place, unless the replica that
         # recorded the newest transition stopped before its own patch: the version recorded here
-        # then stays behind, and reconciliation writes that job (`Reconciler.repair_statuses`).
+        # then stays behind, and reconciliation writes that job (`Maintenance.repair_statuses`).
         # A document the API server refused for good (or whose RelayJob is gone) is recorded as
         # delivered too: repairing it would only be refused again, every reconcile interval.
         if todo:

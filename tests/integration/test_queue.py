@@ -88,12 +88,20 @@ async def test_concurrent_claims_never_share_a_job(queue: Queue) -> None:
     assert len(claimed) == n and len(set(claimed)) == n
 
 
-async def test_settle_leaves_nothing_behind(queue: Queue) -> None:
+async def test_ack_and_remove_leave_nothing_behind(queue: Queue) -> None:
     await queue.place([Placement(u, ready_score(0, i), 0) for i, u in enumerate("abc")], now_ms())
     await queue.claim(3, now_ms(), 10_000)
-    await queue.settle(done=["a"], retry=[("b", now_ms() + 60_000)], dead=[("c", now_ms())])
+    await queue.ack(done=["a"], retry=[("b", now_ms() + 60_000)], dead=[("c", now_ms())])
     depth = await queue.depth()
     assert (depth.ready, depth.delayed, depth.leased, depth.dead) == (0, 1, 0, 1)
     await queue.remove(["b", "c"])
     assert await queue.depth() == type(depth)(0, 0, 0, 0)
     assert await queue.client.hlen(queue.score) == 0
+
+
+async def test_a_nacked_lease_returns_to_ready_in_its_place(queue: Queue) -> None:
+    await queue.place([Placement(u, ready_score(0, i), 0) for i, u in enumerate("abc")], now_ms())
+    assert await queue.claim(2, now_ms(), 60_000) == ["a", "b"]
+    await queue.nack(["b", "a", "gone"])
+    assert (await queue.depth()).leased == 0
+    assert await queue.claim(3, now_ms(), 60_000) == ["a", "b", "c"]

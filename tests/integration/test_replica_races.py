@@ -1,4 +1,4 @@
-"""Races between replicas and between the reconciler and admission, on real Redis and PostgreSQL."""
+"""Races between replicas and between maintenance and admission, on real Redis and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -31,11 +31,13 @@ class SlowPatches(SameStore):
 async def test_late_stale_patch_from_another_replica_is_repaired(app: App, cluster: RecordingCluster) -> None:
     ref = new_ref("raced")
     await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
-    replica_b = StatusWriter(app.ledger, SlowPatches(cluster, 0.5), app.metrics, 0, 4)
+    replica_b = StatusWriter(
+        ledger=app.ledger, kube=SlowPatches(cluster, 0.5), metrics=app.metrics, flush_seconds=0, concurrency=4
+    )
     stale = asyncio.create_task(replica_b.flush([ref.uid]))  # reads Queued now, patches it late
     await asyncio.sleep(0.1)
     (row,) = (await app.ledger.start_attempts([str(ref.uid)])).started
-    await app.ledger.settle([succeeded(row)], {ref.uid: row.spec})
+    await app.ledger.record_outcomes([succeeded(row)], {ref.uid: row.spec})
     await app.status.flush([ref.uid])  # replica A writes Completed first...
     assert cluster.status[ref.uid]["phase"] == "Completed"
     await stale  # ...then B's Queued lands on top of it
@@ -61,8 +63,8 @@ class StaleList(SameStore):
 
 
 async def test_reconcile_never_cancels_a_job_admitted_during_it(app: App, cluster: RecordingCluster) -> None:
-    app.reconciler.kube = StaleList(cluster, 0.3)
-    rebuild = asyncio.create_task(app.reconciler.rebuild())
+    app.maintenance.kube = StaleList(cluster, 0.3)
+    rebuild = asyncio.create_task(app.maintenance.rebuild())
     await asyncio.sleep(0.1)
     ref = new_ref("just-created")
     await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
@@ -80,15 +82,15 @@ async def test_redis_failure_after_the_ledger_commit_still_reports_the_outcome(
 
     from tests.integration.conftest import eventually, running
 
-    real_settle = app.queue.settle
+    real_ack = app.queue.ack
     failures = iter([redis.exceptions.ConnectionError("injected: Redis went away")])
 
-    async def flaky_settle(*args: Any, **kwargs: Any) -> None:
+    async def flaky_ack(*args: Any, **kwargs: Any) -> None:
         for error in failures:
             raise error
-        await real_settle(*args, **kwargs)
+        await real_ack(*args, **kwargs)
 
-    monkeypatch.setattr(app.queue, "settle", flaky_settle)
+    monkeypatch.setattr(app.queue, "ack", flaky_ack)
     ref = new_ref("flaky")
     async with running(app):
         await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))

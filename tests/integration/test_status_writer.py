@@ -13,7 +13,7 @@ import pytest
 
 from controller.adapters.kube import KubeError
 from controller.model.jobs import JobRef
-from controller.runtime import reconciler
+from controller.runtime import maintenance
 from controller.runtime.app import App
 from controller.runtime.status import StatusWriter
 from tests.integration.conftest import RecordingCluster, SameStore, new_ref, succeeded
@@ -49,7 +49,7 @@ async def held_writer(
     """A status writer with its loop running and `held`'s first patch under way, held back; the
     loop is cancelled on the way out."""
     api = HeldPatches(cluster, held.uid)
-    writer = StatusWriter(app.ledger, api, app.metrics, flush_seconds=0, concurrency=4)
+    writer = StatusWriter(ledger=app.ledger, kube=api, metrics=app.metrics, flush_seconds=0, concurrency=4)
     loop = asyncio.create_task(writer.run())
     try:
         writer.mark([held.uid])
@@ -110,17 +110,17 @@ async def test_a_transition_whose_replica_died_before_patching_is_repaired(
     (row,) = (await app.ledger.start_attempts([str(ref.uid)])).started
     await app.status.flush([ref.uid])  # replica B
     assert cluster.status[ref.uid]["phase"] == "Processing"
-    await app.ledger.settle([succeeded(row)], {ref.uid: row.spec})  # replica A, which then dies
-    assert await app.reconciler.repair_statuses() == 0  # A may still be about to patch
-    monkeypatch.setattr(reconciler, "STATUS_REPAIR_GRACE_SECONDS", 0.0)
-    assert await app.reconciler.repair_statuses() == 1
+    await app.ledger.record_outcomes([succeeded(row)], {ref.uid: row.spec})  # replica A, which then dies
+    assert await app.maintenance.repair_statuses() == 0  # A may still be about to patch
+    monkeypatch.setattr(maintenance, "STATUS_REPAIR_GRACE_SECONDS", 0.0)
+    assert await app.maintenance.repair_statuses() == 1
     loop = asyncio.create_task(app.status.run())
     try:
         await asyncio.wait_for(app.status.wait_idle(), 5)
     finally:
         loop.cancel()
     assert cluster.status[ref.uid]["phase"] == "Completed"
-    assert await app.reconciler.repair_statuses() == 0
+    assert await app.maintenance.repair_statuses() == 0
 
 
 async def test_stopping_the_loop_stops_its_batches(app: App, cluster: RecordingCluster) -> None:
@@ -148,7 +148,9 @@ async def test_a_status_refused_for_good_is_not_repaired_over_and_over(
     and reconciliation does not send it every interval."""
     ref = new_ref("refused")
     await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
-    writer = StatusWriter(app.ledger, RefusingPatches(cluster), app.metrics, flush_seconds=0, concurrency=4)
+    writer = StatusWriter(
+        ledger=app.ledger, kube=RefusingPatches(cluster), metrics=app.metrics, flush_seconds=0, concurrency=4
+    )
     await writer.flush([ref.uid])
-    monkeypatch.setattr(reconciler, "STATUS_REPAIR_GRACE_SECONDS", 0.0)
-    assert await app.reconciler.repair_statuses() == 0
+    monkeypatch.setattr(maintenance, "STATUS_REPAIR_GRACE_SECONDS", 0.0)
+    assert await app.maintenance.repair_statuses() == 0

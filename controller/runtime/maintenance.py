@@ -1,4 +1,5 @@
-"""Keeping Redis, the ledger and the cluster in agreement when something was lost.
+"""Maintenance: periodic loops that bring Redis, the ledger and the cluster back into agreement
+when something was lost. (The per-object reconcile of a RelayJob is `Admissions.observe`.)
 
 - `rebuild`: every active ledger job whose RelayJob exists is put back in Redis if missing
   (Redis restarted empty, evicted keys); ledger jobs whose RelayJob vanished while we were down are
@@ -7,15 +8,19 @@
 - `expire`: finished RelayJobs past `ttlSecondsAfterFinished` are deleted; the ledger keeps them.
 - `repair_statuses`: jobs whose last transition never reached their RelayJob (the replica that
   recorded it stopped before patching) are handed to this process's status writer.
+- `gauges`: the depth of each Redis set, for `relayjob_queue_depth`.
+
+A pass that fails for a server error is logged, counted (`relayjob_loop_errors_total{loop=...}`)
+and tried again at its next period; nothing else stops the loops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 from controller.adapters.ledger import Ledger
 from controller.adapters.metrics import Metrics
@@ -23,20 +28,22 @@ from controller.adapters.queue import Queue
 from controller.model.jobs import ClusterApi
 from controller.model.phases import Phase
 from controller.runtime.admission import placement_for
+from controller.runtime.clock import epoch_ms
 from controller.runtime.logs import job_fields
-from controller.runtime.retry import TRANSIENT
+from controller.runtime.retry import Throttle, throttled
 from controller.runtime.status import StatusWriter
 
-log = logging.getLogger("relayjob.reconciler")
+log = logging.getLogger("relayjob.maintenance")
 ADMISSION_GRACE_SECONDS = 2.0
 # A status write is normally under way for this long after a transition, by the replica that
 # recorded it; only older ones are repaired, so a live replica's pending write is not doubled.
 STATUS_REPAIR_GRACE_SECONDS = 10.0
 
 
-class Reconciler:
+class Maintenance:
     def __init__(
         self,
+        *,
         ledger: Ledger,
         queue: Queue,
         kube: ClusterApi,
@@ -45,7 +52,7 @@ class Reconciler:
         namespaces: Sequence[str],
         lease_seconds: float,
         interval: float,
-        forget: Callable[..., Awaitable[None]],
+        forget: Callable[[UUID], Awaitable[None]],
     ) -> None:
         self.ledger = ledger
         self.queue = queue
@@ -82,7 +89,7 @@ class Reconciler:
             and (r.phase is not Phase.PROCESSING or (r.started_at or cutoff) <= cutoff)
             and (r.phase is not Phase.QUEUED or (r.queued_at or fresh) <= fresh)
         ]
-        placed = await self.queue.place(items, int(time.time() * 1000), only_missing=True)
+        placed = await self.queue.place(items, epoch_ms(), only_missing=True)
         if placed:
             log.warning("re-queued %d jobs missing from Redis", placed)
             self.metrics.requeued.inc(placed)
@@ -93,12 +100,14 @@ class Reconciler:
         return not self.namespaces or namespace in self.namespaces
 
     async def reap(self) -> list[str]:
-        expired = await self.queue.reap(int(time.time() * 1000))
+        """Return expired leases to `ready`; returns their uids."""
+        expired = await self.queue.reap(epoch_ms())
         if expired:
             log.warning("%d leases expired; jobs returned to the queue", len(expired))
         return expired
 
     async def expire(self) -> int:
+        """Delete RelayJobs past their TTL; returns how many the API server deleted."""
         deleted = 0
         for row in await self.ledger.ttl_due():
             if await self.kube.delete_job(row.ref):
@@ -108,6 +117,7 @@ class Reconciler:
         return deleted
 
     async def repair_statuses(self) -> int:
+        """Hand statuses behind the ledger to the status writer; returns how many."""
         behind = await self.ledger.statuses_behind(STATUS_REPAIR_GRACE_SECONDS)
         if behind:
             log.warning("%d RelayJob statuses behind the ledger; writing them", len(behind))
@@ -129,11 +139,9 @@ class Reconciler:
             self._every("gauges", 2.0, self.gauges),
         )
 
-    async def _every(self, name: str, period: float, action: Callable[[], Awaitable[object]]) -> None:
+    async def _every(self, loop: str, period: float, action: Callable[[], Awaitable[object]]) -> None:
+        throttle = Throttle(period, period)  # a failed pass is simply tried again at the next period
         while True:
-            try:
+            async with throttled(throttle, self.metrics, loop, logger=log):
                 await action()
-            except TRANSIENT as error:
-                log.warning("%s failed; will retry: %s", name, error)
-                self.metrics.errors.labels(name).inc()
             await asyncio.sleep(period)

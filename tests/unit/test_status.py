@@ -1,0 +1,124 @@
+"""The status writer, on a fake ledger and API server: coalesced, current, and patient with outages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+
+from controller.adapters.kube import KubeError
+from controller.adapters.metrics import Metrics
+from controller.model.jobs import JobRow
+from controller.model.phases import Phase
+from controller.runtime.status import StatusWriter
+from tests.unit.fakes import FakeCluster, FakeLedger, in_background, job_row
+
+
+class Writer:
+    def __init__(self, rows: list[JobRow], quiet_seconds: float = 0.0) -> None:
+        self.ledger, self.cluster, self.metrics = FakeLedger(rows), FakeCluster(), Metrics()
+        self.writer = StatusWriter(
+            ledger=self.ledger,
+            kube=self.cluster,
+            metrics=self.metrics,
+            flush_seconds=0.0,
+            concurrency=4,
+            quiet_seconds=quiet_seconds,
+        )
+
+    def moved(self, row: JobRow, phase: Phase) -> JobRow:
+        """The ledger recorded a transition of `row`; returns the row it answered with."""
+        changed = row.model_copy(
+            update={"phase": phase, "version": self.ledger.rows[row.ref.uid].version + 1}
+        )
+        self.ledger.rows[row.ref.uid] = changed
+        return changed
+
+    def running(self) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+        return in_background(self.writer.run())
+
+    async def idle(self) -> None:
+        await asyncio.sleep(0)
+        await asyncio.wait_for(self.writer.wait_idle(), 5)
+
+
+async def test_rows_handed_over_are_written_as_they_are_without_reading_them_again() -> None:
+    row = job_row(Phase.QUEUED)
+    writer = Writer([row])
+    async with writer.running():
+        writer.writer.offer([writer.moved(row, Phase.COMPLETED)])
+        await writer.idle()
+    assert writer.cluster.status[row.ref.uid]["phase"] == "Completed"
+    assert "get_many" not in writer.ledger.calls and "versions" in writer.ledger.calls
+    assert writer.ledger.written == {row.ref.uid: writer.ledger.rows[row.ref.uid].version}
+
+
+async def test_a_job_that_finishes_within_the_quiet_time_gets_one_write() -> None:
+    row = job_row(Phase.QUEUED)
+    writer = Writer([row], quiet_seconds=0.2)
+    async with writer.running():
+        writer.writer.offer([writer.moved(row, Phase.PROCESSING)])  # about to change: held back
+        await asyncio.sleep(0.05)
+        writer.writer.offer([writer.moved(row, Phase.COMPLETED)])
+        await writer.idle()
+    assert writer.cluster.patches == 1 and writer.cluster.status[row.ref.uid]["phase"] == "Completed"
+
+
+async def test_a_row_handed_over_that_is_no_longer_current_is_read_again() -> None:
+    row = job_row(Phase.QUEUED)
+    writer = Writer([row])
+    stale = writer.moved(row, Phase.PROCESSING)
+    writer.moved(row, Phase.COMPLETED)  # recorded elsewhere meanwhile
+    async with writer.running():
+        writer.writer.offer([stale])
+        await writer.idle()
+    assert writer.cluster.status[row.ref.uid]["phase"] == "Completed"
+
+
+async def test_a_flush_that_meets_an_outage_keeps_its_jobs_dirty_and_tries_again() -> None:
+    row = job_row(Phase.QUEUED)
+    writer = Writer([row])
+    writer.ledger.fail("get_many", asyncpg.exceptions.CannotConnectNowError("injected: restarting"))
+    async with writer.running():
+        writer.writer.mark([row.ref.uid])
+        await writer.idle()
+    assert writer.cluster.status[row.ref.uid]["phase"] == "Queued"
+    assert writer.ledger.calls.count("get_many") == 2
+    assert writer.metrics.errors.labels("status")._value.get() == 1
+
+
+async def test_a_patch_the_api_server_may_accept_later_is_tried_again() -> None:
+    row = job_row(Phase.QUEUED)
+    writer = Writer([row])
+    writer.cluster.fail("patch_status", KubeError(503, "etcd leader changed"))
+    async with writer.running():
+        writer.writer.mark([row.ref.uid])
+        await writer.idle()
+    assert writer.cluster.calls == ["patch_status", "patch_status"]
+    assert writer.cluster.status[row.ref.uid]["phase"] == "Queued"
+
+
+async def test_a_patch_refused_for_good_is_not_tried_again() -> None:
+    row = job_row(Phase.QUEUED)
+    writer = Writer([row])
+    writer.cluster.fail("patch_status", KubeError(422, "status.phase: Unsupported value"))
+    async with writer.running():
+        writer.writer.mark([row.ref.uid])
+        await writer.idle()
+        await asyncio.sleep(0.05)
+    assert writer.cluster.calls == ["patch_status"] and row.ref.uid not in writer.cluster.status
+    assert writer.metrics.errors.labels("status")._value.get() == 0
+
+
+async def test_a_newer_transition_recorded_during_the_patch_is_written_after_it() -> None:
+    row = job_row(Phase.QUEUED)
+    writer = Writer([row])
+    writer.cluster.hold("patch_status")
+    async with writer.running():
+        writer.writer.mark([row.ref.uid])
+        await writer.cluster.entered["patch_status"].wait()
+        writer.moved(row, Phase.COMPLETED)  # another replica recorded it, and its patch landed first
+        writer.cluster.resume("patch_status")
+        await writer.idle()
+    assert writer.cluster.status[row.ref.uid]["phase"] == "Completed"
