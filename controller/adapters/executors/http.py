@@ -84,6 +84,20 @@ def _failed(outcome: Outcome, reason: str, message: str) -> ExecutionResult:
     return ExecutionResult(outcome=outcome, reason=reason, message=message)
 
 
+def _header_refusal(name: str, value: str, source: str) -> ExecutionResult | None:
+    """Why header `name` cannot be sent with `value`, naming where it came from (`source`) and
+    never the value; None when it can."""
+    if problem := header_name_problem(name):
+        return _failed(Outcome.PERMANENT, "InvalidHeaderName", f"header {name!r} {problem}")
+    if problem := header_value_problem(value):
+        return _failed(
+            Outcome.PERMANENT,
+            "InvalidHeaderValue",
+            f"header {name!r} {source} {problem}; only one trailing newline is removed",
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class Answer:
     """What of a target's answer decides the outcome; the body never does."""
@@ -199,20 +213,13 @@ class HttpExecutor:
         headers: dict[str, str] = {}
         for name, given in target.headers.items():
             value = trim_line_end(given)
-            if problem := header_name_problem(name):
-                return _failed(Outcome.PERMANENT, "InvalidHeaderName", f"header {name!r} {problem}")
-            if problem := header_value_problem(value):
-                return _failed(
-                    Outcome.PERMANENT,
-                    "InvalidHeaderValue",
-                    f"header {name!r} of target.http.headers {problem}",
-                )
+            if refusal := _header_refusal(name, value, "of target.http.headers"):
+                return refusal
             headers[name] = value
         namespace = ctx.ref.namespace
         for item in target.headers_from:
             ref = item.secret_key_ref
-            source = f"Secret {namespace}/{ref.name} key {ref.key!r}"
-            if problem := header_name_problem(item.name):
+            if problem := header_name_problem(item.name):  # before the Secret is read at all
                 return _failed(Outcome.PERMANENT, "InvalidHeaderName", f"header {item.name!r} {problem}")
             try:
                 value = trim_line_end(await self._secrets.read_secret_key(namespace, ref.name, ref.key))
@@ -222,12 +229,9 @@ class HttpExecutor:
                 return _failed(Outcome.PERMANENT, "SecretForbidden", f"header {item.name!r}: {error}")
             except SecretUnavailable as error:
                 return _failed(Outcome.RETRYABLE, "SecretUnavailable", f"header {item.name!r}: {error}")
-            if problem := header_value_problem(value):
-                return _failed(
-                    Outcome.PERMANENT,
-                    "InvalidHeaderValue",
-                    f"header {item.name!r} from {source} {problem}; only one trailing newline is removed",
-                )
+            source = f"from Secret {namespace}/{ref.name} key {ref.key!r}"
+            if refusal := _header_refusal(item.name, value, source):
+                return refusal
             headers[item.name] = value
         return headers
 
