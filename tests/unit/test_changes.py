@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from uuid import uuid4
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.core.changes import MUTABLE_FIELDS, follow, ignored_message
 from controller.core.status import status_agrees, status_document
-from controller.model.jobs import JobRef, JobRow
+from controller.model.jobs import JobRow
 from controller.model.phases import Phase
 from controller.model.spec import RelayJobSpec
+from tests.unit.fakes import job_row
 
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 RAW = {"target": {"http": {"url": "http://127.0.0.1:9/"}}, "payload": {"n": 1}, "maxAttempts": 3}
 
 
@@ -65,28 +66,10 @@ def test_editing_only_mutable_fields_ignores_nothing(priority: int, suspend: boo
 
 
 def _row(phase: Phase, attempts: int, generation: int = 1) -> JobRow:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    return JobRow(
-        ref=JobRef(uid=uuid4(), namespace="ns", name="job"),
-        seq=1,
-        phase=phase,
-        spec_or_none=RelayJobSpec.model_validate(RAW),
-        generation=generation,
-        nullifier=None,
-        attempts=attempts,
-        retries=0,
-        max_attempts=3,
-        next_attempt_at=None,
-        last_error=None,
-        result=None,
-        reason="Succeeded",
-        message="ok",
-        redrive_token=None,
-        created_at=now,
-        queued_at=now,
-        started_at=now,
-        finished_at=now if phase is Phase.COMPLETED else None,
+    done = job_row(phase, attempts=attempts, **RAW).model_copy(
+        update={"generation": generation, "reason": "Succeeded", "message": "ok", "started_at": NOW}
     )
+    return done.model_copy(update={"finished_at": NOW if phase is Phase.COMPLETED else None})
 
 
 def test_the_status_the_ledger_writes_agrees_with_it() -> None:

@@ -7,7 +7,6 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import pytest
 import yaml
@@ -15,39 +14,18 @@ from pydantic import ValidationError
 
 from controller.cli import AFTER_GRACE_SECONDS
 from controller.core.transitions import cut_off
-from controller.model.jobs import JobRef, JobRow
+from controller.model.jobs import JobRow
 from controller.model.phases import Phase, Reason
-from controller.model.spec import RelayJobSpec
 from controller.settings import Settings, describe_error
 from devtools.binaries import Binaries, BinaryError
+from tests.unit.fakes import job_row
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 CHART = Path(__file__).resolve().parents[2] / "helm" / "relayjob-operator"
 
 
 def running(attempts: int, max_attempts: int = 3) -> JobRow:
-    spec = RelayJobSpec.model_validate({"target": {"noop": {}}, "maxAttempts": max_attempts})
-    return JobRow(
-        ref=JobRef(uid=uuid4(), namespace="ns", name="job"),
-        seq=1,
-        phase=Phase.PROCESSING,
-        spec_or_none=spec,
-        generation=1,
-        nullifier=None,
-        attempts=attempts,
-        retries=attempts - 1,
-        max_attempts=max_attempts,
-        next_attempt_at=None,
-        last_error=None,
-        result=None,
-        reason=None,
-        message=None,
-        redrive_token=None,
-        created_at=NOW,
-        queued_at=NOW,
-        started_at=NOW,
-        finished_at=None,
-    )
+    return job_row(Phase.PROCESSING, attempts=attempts, maxAttempts=max_attempts)
 
 
 def test_an_attempt_cut_off_at_shutdown_is_retried_at_once_with_a_named_reason() -> None:

@@ -1,7 +1,6 @@
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from uuid import uuid4
 
 import pytest
 from hypothesis import given
@@ -17,38 +16,17 @@ from controller.core.transitions import (
     can,
     cut_off,
 )
-from controller.model.jobs import ExecutionResult, JobRef, JobRow, Outcome
+from controller.model.jobs import ExecutionResult, JobRow, Outcome
 from controller.model.phases import AttemptOutcome, Phase, Reason
 from controller.model.spec import RelayJobSpec
+from tests.unit.fakes import job_row
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 def row(**changes: object) -> JobRow:
-    base = JobRow(
-        ref=JobRef(uid=uuid4(), namespace="ns", name="job"),
-        seq=1,
-        phase=Phase.PROCESSING,
-        spec_or_none=RelayJobSpec.model_validate(
-            {"target": {"noop": {}}, "maxAttempts": 3, "backoff": {"jitter": False}}
-        ),
-        generation=1,
-        nullifier=None,
-        attempts=1,
-        retries=0,
-        max_attempts=3,
-        next_attempt_at=None,
-        last_error=None,
-        result=None,
-        reason=None,
-        message=None,
-        redrive_token=None,
-        created_at=NOW,
-        queued_at=NOW,
-        started_at=NOW,
-        finished_at=None,
-    )
-    return base.model_copy(update=changes)
+    base = job_row(Phase.PROCESSING, attempts=1, maxAttempts=3, backoff={"jitter": False})
+    return base.model_copy(update={"retries": 0, "started_at": NOW, **changes})
 
 
 def result(outcome: Outcome, **kw: object) -> ExecutionResult:
