@@ -113,9 +113,14 @@ class Admissions:
         if row is None:
             row, created = await self._admit(ref, spec, generation, _created(meta))
         if not created:
-            row = await self._follow(row, spec, generation, redrive)
-            if not status_agrees(body.get("status") or {}, row) or status_written_by_another(meta):
+            followed = await self._follow(row, spec, generation, redrive)
+            if status_written_by_another(meta):
                 self._repair(ref)
+            elif followed is row and not status_agrees(body.get("status") or {}, row):
+                # Behind the ledger (after a restart, say): write it, unless this process already
+                # wrote that version. A status this event's own change made stale is already on
+                # its way from `_follow`.
+                self.status.mark([ref.uid])
         self._seen[ref.uid] = key
 
     def _repair(self, ref: JobRef) -> None:

@@ -64,7 +64,7 @@ def wait_for(what: str, check: Any, timeout: float = 30) -> Any:
 def test_immutable_fields_are_refused_and_allowed_ones_are_observed(
     control_plane: Any, namespace: str, target: Target, start_operator: Any
 ) -> None:
-    start_operator("edits")
+    op = start_operator("edits")
     apply(
         control_plane,
         namespace,
@@ -89,6 +89,8 @@ def test_immutable_fields_are_refused_and_allowed_ones_are_observed(
     assert {c["observedGeneration"] for c in done["status"]["conditions"]} == {generation}
     [call] = target.calls_for(done["metadata"]["uid"])
     assert call.path == "/ok"
+    # The user's edits are the operator's to show, not a status to repair.
+    assert metric(op, "relayjob_status_repairs_total") == 0
 
 
 def test_a_new_priority_moves_a_waiting_job_ahead(
