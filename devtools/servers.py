@@ -717,3 +717,113 @@ class PostgresServer(Server):
             link = self.workdir / "pg"
             if link.is_symlink():
                 link.unlink()
+
+
+class PgBouncerServer(Server):
+    """PgBouncer in transaction mode in front of `postgres`, as managed PostgreSQL often is: each
+    transaction may run on a different server session, and start-up parameters other than the
+    few it knows are refused. Every database of `postgres` is reachable through it by name."""
+
+    name = "pgbouncer"
+
+    def __init__(self, workdir: Path, executable: Path, *, postgres: PostgresServer, port: int = 0) -> None:
+        super().__init__(workdir, executable, port=port)
+        self.postgres = postgres
+        # PgBouncer refuses to run as root: it runs as PostgreSQL's account, from a directory
+        # that account can read.
+        self.account = postgres.account
+        traversable = self.account is None or _traversable(workdir, *self.account)
+        self.base_dir = workdir if traversable else postgres.base_dir
+
+    @property
+    def config_file(self) -> Path:
+        return self.base_dir / "pgbouncer.ini"
+
+    @property
+    def url(self) -> str:
+        return self.dsn_for(self.postgres.database)
+
+    def dsn_for(self, database: str) -> str:
+        return f"postgresql://{self.postgres.superuser}@{self.host}:{self.port}/{database}"
+
+    def run_as(self) -> tuple[int, int] | None:
+        return None if self.account is None else self.account[1:]
+
+    def _cwd(self) -> Path:
+        return self.base_dir
+
+    def prepare(self) -> None:
+        self.base_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port(self.host)
+        users = self.base_dir / "pgbouncer-users.txt"
+        users.write_text(f'"{self.postgres.superuser}" ""\n')
+        self.config_file.write_text(
+            "[databases]\n"
+            f"* = host={self.postgres.host} port={self.postgres.port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = {self.host}\n"
+            f"listen_port = {self.port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = trust\n"
+            f"auth_file = {users}\n"
+            "pool_mode = transaction\n"
+            "max_client_conn = 2000\n"
+            # Fewer server sessions than the operator's pool holds connections, so transactions of
+            # one client connection really do move between server sessions.
+            "default_pool_size = 8\n"
+            "server_reset_query =\n"
+        )
+        for path in (users, self.config_file):
+            path.chmod(0o644)
+
+    def command(self) -> list[str]:
+        return [str(self.executable), str(self.config_file)]
+
+    def check_health(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1.0):
+                return True
+        except OSError:
+            return False
+
+
+class TlsPostgresServer(PostgresServer):
+    """PostgreSQL as a managed service offers it: TLS with a certificate from `pki`'s CA (valid
+    for 127.0.0.1 and localhost), and a login role `user` that must give `password`. The
+    superuser still gets in without one, for the fixtures' own statements."""
+
+    def __init__(self, workdir: Path, bindir: Path, *, pki: PKI, user: str, password: str) -> None:
+        super().__init__(workdir, bindir)
+        if not user.isalnum() or "'" in password:
+            raise ValueError("user must be alphanumeric and the password free of quotes")
+        self.pki = pki
+        self.user = user
+        self.password = password
+
+    def prepare(self) -> None:
+        super().prepare()
+        for source, name in ((self.pki.serving_cert, "server.crt"), (self.pki.serving_key, "server.key")):
+            target = self.data_dir / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)  # PostgreSQL refuses a key others may read
+            if self.account is not None:
+                os.chown(target, self.account[1], self.account[2])
+        (self.data_dir / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            f"host all {self.superuser} 127.0.0.1/32 trust\n"
+            f"hostssl all {self.user} 127.0.0.1/32 scram-sha-256\n"
+        )
+
+    def command(self) -> list[str]:
+        return [*super().command(), "-c", "ssl=on"]
+
+    def after_start(self) -> None:
+        super().after_start()
+        if self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{self.user}'") != "1":
+            self.psql(f"CREATE ROLE {self.user} LOGIN PASSWORD '{self.password}'")
+            self.psql(f'ALTER DATABASE "{self.database}" OWNER TO {self.user}')
+
+    def user_dsn(self, password: str, query: str = "") -> str:
+        """The database as the login role reaches it, with `password` and URL query `query`."""
+        return f"postgresql://{self.user}:{password}@{self.host}:{self.port}/{self.database}{query}"

@@ -2,10 +2,13 @@
 
 - `redis_server`: a private redis-server (`.url`, `.host`, `.port`, plus stop/start/pause/resume).
 - `postgres_server`: a private initdb'd PostgreSQL; `.dsn` points at database `relay`.
+- `pgbouncer_server`: PgBouncer in transaction mode in front of `postgres_server`; `.dsn_for(db)`
+  reaches any of its databases through the pooler.
 - `control_plane`: etcd + kube-apiserver with the RelayJob CRD and the Secret-reference admission
   policy installed; a `KubeTools` with `.kubeconfig`, `.server`, `.kubectl(*args)`,
-  `.helm(*args)`, `.helm_path` and `.sandbox` (the servers, for fault injection). With
-  `RELAY_E2E_USE_KUBECONFIG=1` it is the cluster `KUBECONFIG` names instead, and `.sandbox` is None.
+  `.helm(*args)` (Helm 3; `tool="helm4"` for Helm 4), `.helm_path` and `.sandbox` (the servers,
+  for fault injection). With `RELAY_E2E_USE_KUBECONFIG=1` it is the cluster `KUBECONFIG` names
+  instead, and `.sandbox` is None.
 
 A missing binary fails the tests that need it with the message saying what to install; nothing
 is skipped, since a skipped real-server test would pass unnoticed.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -23,7 +27,7 @@ import pytest
 
 from devtools.binaries import BinaryError
 from devtools.sandbox import CONTROL_PLANE, DEFAULT_CRD, DEFAULT_SECRET_POLICY, KubeTools, Sandbox
-from devtools.servers import PostgresServer, RedisServer
+from devtools.servers import PgBouncerServer, PostgresServer, RedisServer
 
 T = TypeVar("T")
 
@@ -64,6 +68,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     with running_sandbox(tmp_path_factory.mktemp("postgres"), ("postgres",)) as sandbox:
         yield sandbox.postgres
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_server(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
+) -> Iterator[PgBouncerServer]:
+    # Debian installs it in /usr/sbin, which an ordinary user's PATH may lack.
+    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+    if found is None:
+        pytest.fail("pgbouncer not found: install it (`apt-get install pgbouncer`)", pytrace=False)
+    server = PgBouncerServer(tmp_path_factory.mktemp("pgbouncer"), Path(found), postgres=postgres_server)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

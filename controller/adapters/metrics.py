@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+from importlib import metadata
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("relayjob-operator")
+    except metadata.PackageNotFoundError:
+        return "unknown"  # run from a source tree that was never installed
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The process's own series (CPU, memory, file descriptors, GC, Python version), which the
+        # default registry would carry. They describe the process, not a registry, so every
+        # registry of the process may show the same collectors.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
+        self.build = Info("relayjob_build", "The operator's version and Python's.", registry=r)
+        self.build.info({"version": _version(), "python": platform.python_version()})
         self.jobs = Counter("relayjob_jobs_total", "Jobs that reached an outcome.", ["outcome"], registry=r)
         self.attempts = Counter("relayjob_attempts_total", "Attempts started.", registry=r)
         self.retries = Counter("relayjob_retries_total", "Retries scheduled.", registry=r)

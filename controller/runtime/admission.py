@@ -80,6 +80,7 @@ class Admissions:
         events: EventPoster,
         metrics: Metrics,
         payload_limit: int,
+        default_ttl_seconds: int | None = None,
     ) -> None:
         self.ledger = ledger
         self.queue = queue
@@ -88,6 +89,7 @@ class Admissions:
         self.events = events
         self.metrics = metrics
         self.payload_limit = payload_limit
+        self.default_ttl_seconds = default_ttl_seconds
         self._seen: dict[UUID, tuple[int, str | None]] = {}
         self.intake = Intake(ledger, queue, placement, self._placed)
 
@@ -98,6 +100,10 @@ class Admissions:
         meta = body.get("metadata") or {}
         ref = JobRef(uid=UUID(meta["uid"]), namespace=meta["namespace"], name=meta["name"])
         spec = dict(body.get("spec") or {})
+        if spec.get("ttlSecondsAfterFinished") is None and self.default_ttl_seconds is not None:
+            # The operator's default stands in for a TTL the job does not set, at admission and at
+            # every later generation alike, so that a change of priority does not drop it.
+            spec["ttlSecondsAfterFinished"] = self.default_ttl_seconds
         generation = int(meta.get("generation") or 1)
         redrive = (meta.get("annotations") or {}).get(REDRIVE_ANNOTATION)
         key = (generation, redrive)

@@ -7,14 +7,15 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import redis.exceptions
-from redis.asyncio.client import Redis
 
 from controller.adapters import ledger as ledger_mod
 from controller.adapters import queue as queue_mod
@@ -30,7 +31,7 @@ from controller.runtime.retry import Throttle
 from controller.runtime.secret_policy import SecretPolicy, announce, inspect
 from controller.runtime.status import StatusWriter
 from controller.runtime.worker import Worker
-from controller.settings import Settings
+from controller.settings import Settings, redis_endpoint
 
 log = logging.getLogger("relayjob.app")
 
@@ -77,7 +78,33 @@ async def _patiently(what: str, setting: str, timeout: float, connect: Callable[
             await throttle.pause()
 
 
-async def _open_redis(settings: Settings) -> Redis:
+def _lasting(error: BaseException) -> str | None:
+    """What makes a failed Redis connection one that waiting cannot fix, or None. redis-py reports
+    every failure to connect as a ConnectionError; the OSError that caused it tells them apart."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, socket.gaierror) and cause.errno != socket.EAI_AGAIN:
+            return f"unknown Redis host ({error})"
+        if isinstance(cause, FileNotFoundError):
+            return f"a file named in the URL does not exist ({cause.filename or error})"
+        # A connection closed mid-handshake may be a proxy whose backend is not up yet.
+        if isinstance(cause, ssl.SSLError) and not isinstance(cause, ssl.SSLEOFError | ssl.SSLSyscallError):
+            return f"TLS with Redis failed ({cause})"
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _check_redis_files(url: str) -> None:
+    """Checked before connecting: redis-py's error for a missing file names neither it nor the option."""
+    options = redis_endpoint(url).options
+    for option in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        path = options.get(option)
+        if path and not os.path.isfile(path):
+            raise StartupError(f"RELAY_REDIS_URL: {option}={path} is not a file (is its Secret mounted?)")
+
+
+async def _open_redis(settings: Settings) -> queue_mod.RedisClient:
+    _check_redis_files(settings.redis_url.get_secret_value())
     client = queue_mod.connect(
         settings.redis_url.get_secret_value(),
         settings.redis_pool_max,
@@ -85,13 +112,19 @@ async def _open_redis(settings: Settings) -> Redis:
     )
 
     async def ping() -> None:
-        await client.ping()
+        try:
+            await client.ping()
+        except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as error:
+            # Both are ConnectionErrors, which _patiently would wait out until the timeout.
+            raise StartupError(f"RELAY_REDIS_URL: Redis refused the credentials ({error})") from None
+        except redis.exceptions.ConnectionError as error:
+            lasting = _lasting(error)
+            if lasting is None:
+                raise
+            raise StartupError(f"RELAY_REDIS_URL: {lasting}") from None
 
     try:
         await _patiently("Redis", "RELAY_REDIS_URL", settings.startup_timeout_seconds, ping)
-    except redis.exceptions.AuthenticationError as error:
-        await client.aclose()
-        raise StartupError(f"RELAY_REDIS_URL: Redis refused the credentials ({error})") from None
     except redis.exceptions.RedisError as error:
         await client.aclose()
         raise StartupError(f"RELAY_REDIS_URL: Redis refused the connection ({error})") from None
@@ -114,18 +147,38 @@ async def _open_redis(settings: Settings) -> Redis:
 
 
 async def _open_postgres(settings: Settings) -> asyncpg.Pool:
+    # asyncpg reads a named CA file as it connects, and its FileNotFoundError would pass for a
+    # server that is not there yet (a missing socket file): a file no wait will bring is named now.
+    query = parse_qs(urlsplit(settings.database_url.get_secret_value()).query)
+    ca_file = query.get("sslrootcert", [os.environ.get("PGSSLROOTCERT", "")])[-1]
+    if ca_file and not os.access(ca_file, os.R_OK):
+        raise StartupError(f"RELAY_DATABASE_URL: the CA file sslrootcert={ca_file} cannot be read")
+
     async def pool() -> asyncpg.Pool:
-        return await ledger_mod.connect(
-            settings.database_url.get_secret_value(),
-            settings.db_pool_min,
-            settings.db_pool_max,
-            settings.db_pool_timeout_seconds,
-        )
+        try:
+            return await ledger_mod.connect(
+                settings.database_url.get_secret_value(),
+                settings.db_pool_min,
+                settings.db_pool_max,
+                settings.db_pool_timeout_seconds,
+                prepared_statements=settings.db_prepared_statements,
+            )
+        except socket.gaierror as error:
+            # Both are OSErrors, which _patiently waits out; only a resolver that does not answer
+            # yet is worth waiting for, not a name it says does not exist or a certificate.
+            if error.errno == socket.EAI_AGAIN:
+                raise
+            raise StartupError(f"RELAY_DATABASE_URL: unknown PostgreSQL host ({error})") from None
+        except ssl.SSLError as error:
+            raise StartupError(f"RELAY_DATABASE_URL: TLS with PostgreSQL failed ({error})") from None
 
     try:
         opened = await _patiently("PostgreSQL", "RELAY_DATABASE_URL", settings.startup_timeout_seconds, pool)
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as error:
         raise StartupError(f"RELAY_DATABASE_URL: PostgreSQL refused the credentials ({error})") from None
+    except asyncpg.ClientConfigurationError as error:
+        # Raised before any connection is tried: sslmode=verify-full with no CA file, a bad option.
+        raise StartupError(f"RELAY_DATABASE_URL: {error}") from None
     except asyncpg.PostgresError as error:
         raise StartupError(f"RELAY_DATABASE_URL: {error}") from None
     applied = await ledger_mod.migrate(opened)
@@ -137,7 +190,7 @@ async def _open_postgres(settings: Settings) -> asyncpg.Pool:
 @dataclass(kw_only=True)
 class App:
     settings: Settings
-    redis: Redis
+    redis: queue_mod.RedisClient
     pool: asyncpg.Pool
     kube: ClusterApi
     metrics: Metrics
@@ -216,6 +269,7 @@ class App:
             events=events,
             metrics=metrics,
             payload_limit=settings.payload_limit_bytes,
+            default_ttl_seconds=settings.default_ttl_seconds_after_finished,
         )
         maintenance = Maintenance(
             ledger=ledger,
@@ -226,6 +280,7 @@ class App:
             namespaces=settings.namespaces,
             lease_seconds=settings.lease_seconds,
             interval=settings.reconcile_interval_seconds,
+            retention_seconds=settings.ledger_retention_days * 86400,
             forget=admissions.forget,
         )
         return cls(

@@ -8,6 +8,9 @@ when something was lost. (The per-object reconcile of a RelayJob is `Admissions.
 - `expire`: finished RelayJobs past `ttlSecondsAfterFinished` are deleted; the ledger keeps them.
 - `repair_statuses`: jobs whose last transition never reached their RelayJob (the replica that
   recorded it stopped before patching) are handed to this process's status writer.
+- `prune`: ledger retention; jobs deleted and finished longer than the retention ago leave the
+  ledger with their attempts, a small batch per statement with a pause between, so the hot path's
+  statements never queue behind a long delete.
 - `gauges`: the depth of each Redis set, for `relayjob_queue_depth`.
 
 A pass that fails for a server error is logged, counted (`relayjob_loop_errors_total{loop=...}`)
@@ -38,6 +41,8 @@ ADMISSION_GRACE_SECONDS = 2.0
 # A status write is normally under way for this long after a transition, by the replica that
 # recorded it; only older ones are repaired, so a live replica's pending write is not doubled.
 STATUS_REPAIR_GRACE_SECONDS = 10.0
+PRUNE_BATCH = 500
+PRUNE_PAUSE_SECONDS = 0.2
 
 
 class Maintenance:
@@ -52,6 +57,7 @@ class Maintenance:
         namespaces: Sequence[str],
         lease_seconds: float,
         interval: float,
+        retention_seconds: float,
         forget: Callable[[UUID], Awaitable[None]],
     ) -> None:
         self.ledger = ledger
@@ -62,6 +68,7 @@ class Maintenance:
         self.namespaces = list(namespaces)
         self.lease_seconds = lease_seconds
         self.interval = interval
+        self.retention_seconds = retention_seconds
         self.forget = forget
 
     async def rebuild(self) -> int:
@@ -125,6 +132,19 @@ class Maintenance:
             self.status.mark(behind)
         return len(behind)
 
+    async def prune(self) -> int:
+        """Apply ledger retention until nothing is due; returns how many jobs left the ledger."""
+        pruned = 0
+        while True:
+            batch = await self.ledger.prune(self.retention_seconds, PRUNE_BATCH)
+            pruned += batch
+            if batch < PRUNE_BATCH:
+                break
+            await asyncio.sleep(PRUNE_PAUSE_SECONDS)
+        if pruned:
+            log.info("ledger retention: %d finished jobs removed", pruned)
+        return pruned
+
     async def gauges(self) -> None:
         depth = await self.queue.depth()
         for name in ("ready", "delayed", "leased", "dead"):
@@ -136,6 +156,7 @@ class Maintenance:
             self._every("reap", max(0.5, self.lease_seconds / 3), self.reap),
             self._every("ttl", 1.0, self.expire),
             self._every("statuses", self.interval, self.repair_statuses),
+            self._every("prune", self.interval, self.prune),
             self._every("gauges", 2.0, self.gauges),
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -101,16 +102,23 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+# `make test` runs the ledger's and the runtime's integration modules a second time with this
+# set: the database is then reached through PgBouncer in transaction mode, as many users run it.
+VIA_PGBOUNCER = os.environ.get("RELAY_TEST_VIA_PGBOUNCER") == "1"
+
+
 @pytest.fixture
-async def database_url(postgres_server: Any) -> AsyncIterator[str]:
-    """A database of its own for each test, so tests never see each other's jobs."""
+async def database_url(postgres_server: Any, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A database of its own for each test, so tests never see each other's jobs; reached through
+    PgBouncer when RELAY_TEST_VIA_PGBOUNCER=1."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(postgres_server.dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield with_database(postgres_server.dsn, name)
+    front = request.getfixturevalue("pgbouncer_server") if VIA_PGBOUNCER else postgres_server
+    yield with_database(front.dsn_for(postgres_server.database), name)
     admin = await asyncpg.connect(postgres_server.dsn)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
