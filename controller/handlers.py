@@ -127,6 +127,8 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.queueing.worker_limit = 1000
     settings.queueing.idle_timeout = 0.5
     settings.networking.request_timeout = 60
+    # kopf's login copies this into its session: HTTPS_PROXY / NO_PROXY apply to its watches too.
+    settings.networking.trust_env = True
     # kopf's default (1, 1, 2, 3, ...) left a just-started operator blind for ~7 s while the API
     # server's watch cache answered 429 "storage is (re)initializing" for a second or two.
     settings.networking.error_backoffs = (0.2, 0.5, 1, 2, 3, 5, 8, 13, 21)

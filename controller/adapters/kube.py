@@ -139,6 +139,9 @@ class KubeClient:
             base_url=credentials.server,
             connector=aiohttp.TCPConnector(ssl=credentials.ssl, limit=max_connections),
             timeout=aiohttp.ClientTimeout(total=30, connect=5),
+            # HTTPS_PROXY / NO_PROXY as users set them for egress; kopf's session does the same
+            # (networking.trust_env).
+            trust_env=True,
         )
         self._secret_ttl = secret_cache_seconds
         self._secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}

@@ -1,6 +1,7 @@
 """The Redis side of the queue: key names, the Lua scripts, and the one pooled client.
 
-Keys (under the configured prefix):
+Keys, named `{<prefix>}:<name>` (the prefix is a hash tag, so every key lives in one Redis Cluster
+hash slot and the multi-key scripts and transactions below work on a cluster too):
   ready    ZSET uid -> ready score (priority, then admission order; see core.scoring)
   delayed  ZSET uid -> epoch ms when the job becomes ready (notBefore, delay, retry backoff)
   leased   ZSET uid -> epoch ms when the lease expires unless the worker renews it
@@ -9,6 +10,10 @@ Keys (under the configured prefix):
 
 A uid is in at most one of ready/delayed/leased; every script keeps that true atomically. Nothing
 finished stays in Redis: completion removes the uid and its score.
+
+Releases before the hash tag named the keys `<prefix>:<name>`. Nothing reads those any more: after
+an upgrade the maintenance loop's rebuild re-queues every unfinished job from the ledger under the
+new names, and the old keys can be deleted (README, "Operating it").
 """
 
 from __future__ import annotations
@@ -18,6 +23,12 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+from controller.settings import RedisEndpoint, redis_endpoint
+
+RedisClient = Redis | RedisCluster
 
 PROMOTE_LIMIT = 1000
 
@@ -114,39 +125,76 @@ class Depth:
     dead: int
 
 
-def connect(url: str, max_connections: int, timeout: float) -> Redis:
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """The primary that Sentinel names, reached through a pool that waits for a free connection like
+    `connect`'s own rather than raising when all `max_connections` are in use."""
+
+
+def connect(url: str, max_connections: int, timeout: float) -> RedisClient:
     """The process's one Redis client. A BlockingConnectionPool waits (up to `timeout`) for a free
-    connection instead of opening another, so connections to Redis never exceed `max_connections`."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
+    connection instead of opening another, so connections to Redis never exceed `max_connections`;
+    through Sentinel the same holds for the current primary. A cluster client keeps at most
+    `max_connections` per node, and a command that finds all of a node's in use fails at once
+    (redis-py's cluster client cannot wait for one)."""
+    common: dict[str, object] = {
+        "decode_responses": True,
+        "health_check_interval": 30,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+    }
+    endpoint = redis_endpoint(url)
+    if endpoint.topology == "single":
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout, **common
+        )
+        return aioredis.Redis(connection_pool=pool)
+    node: dict[str, object] = {**common, **endpoint.options, **_credentials(endpoint)}
+    if endpoint.tls:
+        node["ssl"] = True
+    if endpoint.topology == "cluster":
+        nodes = [ClusterNode(host, port) for host, port in endpoint.hosts]
+        return RedisCluster(startup_nodes=nodes, max_connections=max_connections, **node)  # type: ignore[arg-type]
+    # Sentinels are asked without the data nodes' credentials, over TLS when the URL says so.
+    sentinel_kwargs = {k: v for k, v in node.items() if k not in ("username", "password")}
+    sentinel = Sentinel(list(endpoint.hosts), sentinel_kwargs=sentinel_kwargs, **node)  # type: ignore[no-untyped-call]
+    client: Redis = sentinel.master_for(
+        endpoint.service,
+        connection_pool_class=_BlockingSentinelPool,
         max_connections=max_connections,
         timeout=timeout,
-        decode_responses=True,
-        health_check_interval=30,
-        socket_connect_timeout=5,
-        socket_keepalive=True,
+        db=endpoint.db,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return client
 
 
-def pool_stats(client: Redis) -> tuple[int, int]:
-    """(connections in use, connections open) of the client's pool, for metrics and tests.
+def _credentials(endpoint: RedisEndpoint) -> dict[str, str]:
+    found = {"username": endpoint.username, "password": endpoint.password}
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def pool_stats(client: RedisClient) -> tuple[int, int]:
+    """(connections in use, connections open) of the client's pool, for metrics and tests; for a
+    cluster, summed over its nodes.
 
     redis-py exposes no public counters; these attributes are stable across 5.x-8.x.
     """
+    if isinstance(client, RedisCluster):
+        nodes = client.get_nodes()
+        opened = sum(len(getattr(node, "_connections", ())) for node in nodes)
+        return opened - sum(len(getattr(node, "_free", ())) for node in nodes), opened
     pool = client.connection_pool
     in_use = len(getattr(pool, "_in_use_connections", ()))
     return in_use, in_use + len(getattr(pool, "_available_connections", ()))
 
 
 class Queue:
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self.client = client
-        self.ready = f"{prefix}:ready"
-        self.delayed = f"{prefix}:delayed"
-        self.leased = f"{prefix}:leased"
-        self.score = f"{prefix}:score"
-        self.dead = f"{prefix}:dead"
+        self.ready = f"{{{prefix}}}:ready"
+        self.delayed = f"{{{prefix}}}:delayed"
+        self.leased = f"{{{prefix}}}:leased"
+        self.score = f"{{{prefix}}}:score"
+        self.dead = f"{{{prefix}}}:dead"
         self._claim = client.register_script(_CLAIM)
         self._place = client.register_script(_PLACE)
         self._reap = client.register_script(_REAP)
