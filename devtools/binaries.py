@@ -2,9 +2,9 @@
 
 Control-plane binaries (etcd, kube-apiserver, kubectl) come from `KUBEBUILDER_ASSETS` when it is
 set, the same directory controller-runtime's envtest uses, so a CI image that already has them
-never needs Go. Otherwise they, and helm, are built from the Go module proxy into a per-user cache
-outside the repository, keyed by tool and version, so a checkout never carries binaries and a
-version bump never reuses a stale build.
+never needs Go. Otherwise they, and helm (Helm 3 as `helm`, Helm 4 as `helm4`), are built from the
+Go module proxy into a per-user cache outside the repository, keyed by tool and version, so a
+checkout never carries binaries and a version bump never reuses a stale build.
 
 Redis and PostgreSQL come from the operating system's packages.
 """
@@ -29,9 +29,10 @@ from devtools.files import write_atomic
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.19.5"
+HELM4_VERSION = "v4.3.2"
 
 CONTROL_PLANE_TOOLS = ("etcd", "kube-apiserver", "kubectl")
-ALL_TOOLS = (*CONTROL_PLANE_TOOLS, "helm")
+ALL_TOOLS = (*CONTROL_PLANE_TOOLS, "helm", "helm4")
 
 
 class BinaryError(RuntimeError):
@@ -109,8 +110,21 @@ HELM_BUILD = GoBuild(
     minutes=4,
     ldflags=(f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",),
 )
+# Users run both majors: Helm 4 applies server-side by default, Helm 3 client-side, and the chart
+# must install and upgrade with either.
+HELM4_BUILD = GoBuild(
+    key="helm4",
+    version=HELM4_VERSION,
+    module_name="relayjob.local/helm4build",
+    require="helm.sh/helm/v4",
+    packages={"helm4": "helm.sh/helm/v4/cmd/helm"},
+    minutes=4,
+    ldflags=(f"-X helm.sh/helm/v4/internal/version.version={HELM4_VERSION}",),
+)
 BUILDS: Mapping[str, GoBuild] = {
-    tool: build for build in (KUBERNETES_BUILD, ETCD_BUILD, HELM_BUILD) for tool in build.packages
+    tool: build
+    for build in (KUBERNETES_BUILD, ETCD_BUILD, HELM_BUILD, HELM4_BUILD)
+    for tool in build.packages
 }
 
 # How each stamped tool prints its version; the output must contain the release.
@@ -118,6 +132,7 @@ _VERSION_PROBES: Mapping[str, tuple[str, ...]] = {
     "kube-apiserver": ("--version",),
     "kubectl": ("version", "--client"),
     "helm": ("version", "--short"),
+    "helm4": ("version", "--short"),
 }
 
 _STAGING_REPLACE = re.compile(

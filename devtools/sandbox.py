@@ -98,6 +98,10 @@ class KubeTools:
             self._helm_path = self._binaries.ensure("helm")
         return self._helm_path
 
+    def helm_path_of(self, tool: str) -> Path:
+        """`helm` (Helm 3, the sandbox's) or `helm4`, built on first use."""
+        return self.helm_path if tool == "helm" else self._binaries.ensure(tool)
+
     def env(self) -> dict[str, str]:
         """Environment for subprocesses: this cluster, and our kubectl/helm ahead of any other."""
         dirs = [str(self.kubectl_path.parent)]
@@ -129,9 +133,14 @@ class KubeTools:
         return self._run(command, check=check, input=input, timeout=timeout)
 
     def helm(
-        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 300.0
+        self,
+        *args: str,
+        tool: str = "helm",
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 300.0,
     ) -> subprocess.CompletedProcess[str]:
-        command = [str(self.helm_path), f"--kubeconfig={self.kubeconfig}", *args]
+        command = [str(self.helm_path_of(tool)), f"--kubeconfig={self.kubeconfig}", *args]
         return self._run(command, check=check, input=input, timeout=timeout)
 
     def _apply(self, manifest: Path | None, what: str, log: Logger) -> bool:

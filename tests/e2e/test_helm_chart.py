@@ -8,6 +8,9 @@ proof that it is not more than needed is the API server's own answer, as that Se
 a SelfSubjectRulesReview and `kubectl auth can-i`.
 
 No pod runs here (there is no kubelet): the Deployment is checked as an object, the process is ours.
+
+The RelayJob CRD's life through Helm (install in a fresh cluster, an upgrade that changes it,
+uninstall that keeps it, adopting one that exists) runs with Helm 3 and with Helm 4.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -135,7 +139,10 @@ def namespaced_release(cluster: KubeTools) -> Release:
     # The watched namespaces are fixed by the CI values file; the release namespace is not among
     # them, which shows the operator needs nothing in its own namespace either.
     create_namespaces(cluster, namespace, *watched, f"outside-{SUFFIX}")
-    return helm_install(cluster, f"rjns-{SUFFIX}", namespace, "-f", str(NAMESPACED_VALUES))
+    # The cluster release owns the CRD: a second installation leaves it to that one.
+    return helm_install(
+        cluster, f"rjns-{SUFFIX}", namespace, "-f", str(NAMESPACED_VALUES), "--set", "crds.enabled=false"
+    )
 
 
 # -- the operator as the chart's ServiceAccount -------------------------------------------------
@@ -884,3 +891,107 @@ def test_plain_install_yaml_applies_and_grants_the_same(cluster: KubeTools, tmp_
     finally:
         # Without a namespace controller a deleted namespace never finishes terminating: do not wait.
         cluster.kubectl("delete", "--wait=false", "--ignore-not-found", "-f", str(install))
+
+
+# -- the RelayJob CRD through install, upgrade and uninstall, with Helm 3 and Helm 4 --------------
+
+# The flags the chart's README tells users to add when the CRD already exists: --take-ownership
+# adopts it into the release (Helm 3.17+ and 4), and Helm 4's server-side apply needs
+# --force-conflicts to take the fields another field manager (the sandbox, `kubectl apply
+# --server-side`) applied.
+ADOPT_FLAGS = {"helm": ("--take-ownership",), "helm4": ("--take-ownership", "--force-conflicts")}
+EXTRA_COLUMN = "        - name: OWNER\n          type: string\n          jsonPath: .metadata.labels.owner\n"
+
+
+@pytest.fixture(params=sorted(ADOPT_FLAGS))
+def helm_tool(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path: Path) -> Iterator[KubeTools]:
+    """A control plane of the test's own with no CRD at all: Helm installs them, and the test may
+    then change and re-apply the CRD without touching any other test's cluster."""
+    sandbox = Sandbox(
+        tmp_path / "cluster", components=CONTROL_PLANE, crd=None, secret_policy=None, helm=False
+    )
+    try:
+        try:
+            sandbox.up()
+        except BinaryError as error:
+            pytest.fail(str(error), pytrace=False)
+        yield sandbox.kube_tools()
+    finally:
+        sandbox.down()
+
+
+def crd(cluster: KubeTools) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(
+        cluster.kubectl("get", "crd", "relayjobs.relay.dev", "-o", "json").stdout
+    )
+    return document
+
+
+def chart_with_an_extra_column(directory: Path) -> Path:
+    """The chart as its next release might change the CRD: one printer column more."""
+    chart = directory / "relayjob-operator"
+    shutil.copytree(CHART, chart)
+    template = chart / "templates" / "crd-relayjobs.yaml"
+    text = template.read_text()
+    marker = "      additionalPrinterColumns:\n"
+    assert text.count(marker) == 1
+    template.write_text(text.replace(marker, marker + EXTRA_COLUMN))
+    return chart
+
+
+def test_helm_installs_upgrades_and_keeps_the_crd_and_adopts_an_existing_one(
+    fresh_cluster: KubeTools, helm_tool: str, tmp_path: Path
+) -> None:
+    cluster = fresh_cluster
+    name = f"crd-{SUFFIX}"
+    create_namespaces(cluster, "relay", "team")
+
+    def helm(*args: str) -> subprocess.CompletedProcess[str]:
+        return cluster.helm(*args, tool=helm_tool)
+
+    # A fresh cluster: the release creates the CRD, kept on uninstall.
+    helm("install", name, str(CHART), "-n", "relay")
+    cluster.kubectl("wait", "--for=condition=Established", "crd/relayjobs.relay.dev", "--timeout=60s")
+    annotations = crd(cluster)["metadata"]["annotations"]
+    assert annotations["helm.sh/resource-policy"] == "keep"
+    assert annotations["meta.helm.sh/release-name"] == name
+    job = relayjob("kept", {"noop": {}})
+    job["metadata"]["labels"] = {"owner": "team-a"}
+    apply(cluster, "team", job)
+
+    # An upgrade that changes the CRD updates it, and the API server serves the change.
+    helm("upgrade", name, str(chart_with_an_extra_column(tmp_path)), "-n", "relay")
+    columns = [c["name"] for c in crd(cluster)["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert "OWNER" in columns, columns
+    deadline = time.monotonic() + 30
+    while "OWNER" not in (table := cluster.kubectl("get", "rj", "-n", "team").stdout):
+        assert time.monotonic() < deadline, table
+        time.sleep(0.5)
+    assert "team-a" in table
+
+    # Uninstall leaves the CRD, as upgraded, and the RelayJob.
+    helm("uninstall", name, "-n", "relay")
+    assert "OWNER" in cluster.kubectl("get", "rj", "-n", "team").stdout
+    kept = json.loads(cluster.kubectl("get", "rj", "kept", "-n", "team", "-o", "json").stdout)
+    assert kept["metadata"]["labels"] == {"owner": "team-a"}
+
+    # The CRD applied by someone else, as `make run` (the sandbox's field manager) or `kubectl
+    # apply --server-side -f manifests/crd.yaml` leave it: installing adopts it with the flags the
+    # README gives, and the CRD is the chart's again.
+    cluster.install_crd(REPO / "manifests" / "crd.yaml")
+    other = f"crd2-{SUFFIX}"
+    helm("install", other, str(CHART), "-n", "relay", *ADOPT_FLAGS[helm_tool])
+    status = json.loads(helm("status", other, "-n", "relay", "-o", "json").stdout)
+    assert status["info"]["status"] == "deployed"
+    metadata = crd(cluster)["metadata"]
+    assert metadata["annotations"]["meta.helm.sh/release-name"] == other
+    assert metadata["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert (
+        json.loads(cluster.kubectl("get", "rj", "kept", "-n", "team", "-o", "json").stdout)["metadata"]["uid"]
+        == kept["metadata"]["uid"]
+    )

@@ -77,24 +77,26 @@ def pod_specs(docs: list[Doc]) -> Iterator[tuple[str, Doc]]:
 # -- single sources, generated copies ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("source", "copy"),
-    [
-        ("manifests/crd.yaml", "helm/relayjob-operator/crds/relayjobs.relay.dev.yaml"),
-        ("manifests/peering-crds.yaml", "helm/relayjob-operator/crds/kopf-peerings.yaml"),
-    ],
-)
-def test_chart_crds_are_the_manifests(source: str, copy: str) -> None:
-    assert (REPO / copy).read_bytes() == (REPO / source).read_bytes(), (
-        f"{copy} differs from {source}; run `python scripts/render-manifests.py`"
+def test_chart_peering_crds_are_the_manifests() -> None:
+    copy = CHART / "crds" / "kopf-peerings.yaml"
+    assert copy.read_bytes() == (REPO / "manifests" / "peering-crds.yaml").read_bytes(), (
+        f"{copy} differs from manifests/peering-crds.yaml; run `python scripts/render-manifests.py`"
     )
 
 
-def test_chart_crds_dir_holds_only_those_copies() -> None:
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [
-        "kopf-peerings.yaml",
-        "relayjobs.relay.dev.yaml",
-    ]
+def test_chart_crds_dir_holds_only_kopfs_peering_kinds() -> None:
+    # The RelayJob CRD is a template, so that `helm upgrade` updates it; kopf's never change.
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["kopf-peerings.yaml"]
+
+
+def test_chart_templates_the_relayjob_crd_as_the_manifest_kept_on_uninstall(helm: Path) -> None:
+    source = yaml.safe_load((REPO / "manifests" / "crd.yaml").read_text())
+    (rendered,) = of_kind(render(helm), "CustomResourceDefinition")
+    assert rendered["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+    assert rendered == source
+    (unkept,) = of_kind(render(helm, "--set", "crds.keep=false"), "CustomResourceDefinition")
+    assert "annotations" not in unkept["metadata"] and unkept == source
+    assert not of_kind(render(helm, "--set", "crds.enabled=false"), "CustomResourceDefinition")
 
 
 def test_generated_manifests_are_up_to_date(helm: Path) -> None:
@@ -203,6 +205,133 @@ def test_operator_deployment(helm: Path) -> None:
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert spec["serviceAccountName"] == "relay-relayjob-operator"
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+
+def operator_container(docs: list[Doc]) -> Doc:
+    (deployment,) = [
+        d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "relay-relayjob-operator"
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def operator_env(docs: list[Doc]) -> dict[str, Doc]:
+    return {item["name"]: item for item in operator_container(docs)["env"]}
+
+
+def test_replicas_roll_with_one_always_up_and_never_share_a_peering_priority(helm: Path) -> None:
+    docs = render(helm)
+    (deployment,) = of_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    env = operator_env(docs)
+    # Each replica draws its own priority (controller/settings.py); one for all freezes them all.
+    assert "RELAY_PEERING_PRIORITY" not in env
+    assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    (pdb,) = of_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    # With one replica a budget of one would block every node drain.
+    assert not of_kind(render(helm, "--set", "replicaCount=1"), "PodDisruptionBudget")
+    assert not of_kind(render(helm, "--set", "podDisruptionBudget.enabled=false"), "PodDisruptionBudget")
+
+
+def test_finished_relayjobs_expire_after_a_day_by_default(helm: Path) -> None:
+    assert operator_env(render(helm))["RELAY_DEFAULT_TTL_SECONDS_AFTER_FINISHED"]["value"] == "86400"
+    env = operator_env(render(helm, "--set", "config.defaultTtlSecondsAfterFinished=600"))
+    assert env["RELAY_DEFAULT_TTL_SECONDS_AFTER_FINISHED"]["value"] == "600"
+
+
+def test_redis_password_and_ca_come_from_secrets_into_the_url(helm: Path) -> None:
+    docs = render(
+        helm,
+        "--set", "redis.passwordSecret.name=redis-auth",
+        "--set", "redis.tls.caSecret.name=redis-ca", "--set", "redis.tls.caSecret.key=ca.pem",
+    )  # fmt: skip
+    env = operator_env(docs)
+    names = [item["name"] for item in operator_container(docs)["env"]]
+    # The kubelet expands $(VAR) only for variables defined earlier in the list.
+    assert (
+        names.index("CHART_REDIS_URL") < names.index("CHART_REDIS_PASSWORD") < names.index("RELAY_REDIS_URL")
+    )
+    assert env["CHART_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "relayjob-redis", "key": "url"}
+    assert env["CHART_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "redis-auth",
+        "key": "password",
+    }
+    assert env["RELAY_REDIS_URL"]["value"] == (
+        "$(CHART_REDIS_URL)?password=$(CHART_REDIS_PASSWORD)&ssl_ca_certs=/etc/relayjob/redis-ca/ca.pem"
+    )
+    container = operator_container(docs)
+    assert {"name": "redis-ca", "mountPath": "/etc/relayjob/redis-ca", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    (deployment,) = of_kind(docs, "Deployment")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["redis-ca"]["secret"] == {
+        "secretName": "redis-ca",
+        "items": [{"key": "ca.pem", "path": "ca.pem"}],
+    }
+    # Only the CA: the URL keeps its own credentials.
+    only_ca = operator_env(render(helm, "--set", "redis.tls.caSecret.name=redis-ca"))
+    assert (
+        only_ca["RELAY_REDIS_URL"]["value"] == "$(CHART_REDIS_URL)?ssl_ca_certs=/etc/relayjob/redis-ca/ca.crt"
+    )
+    assert "CHART_REDIS_PASSWORD" not in only_ca
+
+
+def test_postgresql_password_and_ca_come_from_secrets_as_libpq_variables(helm: Path) -> None:
+    docs = render(
+        helm,
+        "--set", "postgresql.passwordSecret.name=db-auth", "--set", "postgresql.passwordSecret.key=pw",
+        "--set", "postgresql.tls.caSecret.name=db-ca",
+    )  # fmt: skip
+    env = operator_env(docs)
+    assert env["RELAY_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "relayjob-postgresql",
+        "key": "url",
+    }
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "db-auth", "key": "pw"}
+    assert env["PGSSLROOTCERT"]["value"] == "/etc/relayjob/postgresql-ca/ca.crt"
+    mounts = operator_container(docs)["volumeMounts"]
+    assert {"name": "postgresql-ca", "mountPath": "/etc/relayjob/postgresql-ca", "readOnly": True} in mounts
+
+
+def test_without_secrets_of_their_own_the_urls_are_the_secrets_untouched(helm: Path) -> None:
+    docs = render(helm)
+    env = operator_env(docs)
+    assert not {"CHART_REDIS_URL", "CHART_REDIS_PASSWORD", "PGPASSWORD", "PGSSLROOTCERT"} & set(env)
+    assert not {"HTTPS_PROXY", "NO_PROXY"} & set(env)
+    assert [m["name"] for m in operator_container(docs)["volumeMounts"]] == ["tmp"]
+
+
+def test_proxy_extra_env_and_extra_volumes_reach_the_operator(helm: Path, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "proxy": {"https": "http://proxy.corp:3128", "noProxy": "10.0.0.0/8,.svc"},
+                "extraEnv": [{"name": "RELAY_CONCURRENCY_NOTE", "value": "x"}],
+                "extraVolumes": [{"name": "bundle", "configMap": {"name": "ca-bundle"}}],
+                "extraVolumeMounts": [{"name": "bundle", "mountPath": "/etc/bundle", "readOnly": True}],
+            }
+        )
+    )
+    docs = render(helm, "-f", str(values))
+    env = operator_env(docs)
+    assert env["HTTPS_PROXY"]["value"] == "http://proxy.corp:3128"
+    assert env["NO_PROXY"]["value"] == "10.0.0.0/8,.svc"
+    assert env["RELAY_CONCURRENCY_NOTE"]["value"] == "x"
+    assert {"name": "bundle", "mountPath": "/etc/bundle", "readOnly": True} in operator_container(docs)[
+        "volumeMounts"
+    ]
+    (deployment,) = of_kind(docs, "Deployment")
+    assert {"name": "bundle", "configMap": {"name": "ca-bundle"}} in deployment["spec"]["template"]["spec"][
+        "volumes"
+    ]
 
 
 def test_bundled_servers_feed_the_operator_their_own_secrets(helm: Path) -> None:

@@ -93,6 +93,29 @@ watchNamespaces or the release namespace. Returned as JSON because templates can
 {{- if .Values.postgresql.bundled.enabled }}url{{ else }}{{ .Values.postgresql.existingSecretKey }}{{ end }}
 {{- end }}
 
+{{/* Where the CA file of "redis" or "postgresql" is mounted. */}}
+{{- define "relayjob.caDir" -}}
+/etc/relayjob/{{ . }}-ca
+{{- end }}
+
+{{/*
+The query parameters the chart adds to the Redis URL of the Secret: the password of
+redis.passwordSecret and the CA of redis.tls.caSecret (redis-py reads both from the URL); empty
+when neither is set, and the URL is then the Secret's, untouched.
+*/}}
+{{- define "relayjob.redisUrlParams" -}}
+{{- $params := list }}
+{{- if .Values.redis.passwordSecret.name }}
+{{- $params = append $params "password=$(CHART_REDIS_PASSWORD)" }}
+{{- end }}
+{{- with .Values.redis.tls.caSecret }}
+{{- if .name }}
+{{- $params = append $params (printf "ssl_ca_certs=%s/%s" (include "relayjob.caDir" "redis") .key) }}
+{{- end }}
+{{- end }}
+{{- join "&" $params }}
+{{- end }}
+
 {{/*
 A password kept across upgrades: the one already in the release's Secret when there is one, else a
 new random one. `lookup` returns nothing under `helm template`, which then renders a fresh value.
