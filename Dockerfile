@@ -17,12 +17,17 @@ ENV VENV=/opt/relayjob \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 COPY pyproject.toml ./
+# The virtualenv's own pip (from ensurepip) installs everything and is then removed, so the base
+# needs only `python` with venv: the official Python images and Debian's python3 + python3-venv
+# both do. The dependencies come first, in a layer of their own that a change to the source alone
+# reuses. Bytecode is compiled here because the root filesystem is read-only at run time.
+RUN python -m venv "$VENV" \
+    && python -c 'import sys, tomllib; print(*tomllib.load(sys.stdin.buffer)["project"]["dependencies"], sep="\n")' \
+       < "$SRC/pyproject.toml" > "$SRC/requirements.txt" \
+    && "$VENV/bin/python" -m pip install --no-cache-dir --requirement "$SRC/requirements.txt"
 COPY controller ./controller
-# --without-pip plus `pip --python`: the outer pip fills the virtualenv, which ends up holding the
-# operator and its dependencies but not pip or setuptools. Bytecode is compiled here because the
-# root filesystem is read-only at run time.
-RUN python -m venv --without-pip "$VENV" \
-    && python -m pip --python "$VENV/bin/python" install --no-cache-dir "$SRC" \
+RUN "$VENV/bin/python" -m pip install --no-cache-dir --no-deps "$SRC" \
+    && "$VENV/bin/python" -m pip uninstall --yes pip setuptools \
     && "$VENV/bin/relayjob-operator" --help
 
 FROM ${PYTHON_IMAGE} AS runtime
@@ -30,11 +35,13 @@ LABEL org.opencontainers.image.title="relayjob-operator" \
       org.opencontainers.image.description="Kubernetes-native job relay: RelayJobs queued in Redis, recorded in PostgreSQL" \
       org.opencontainers.image.licenses="Apache-2.0"
 # The passwd entry matters: outside a pod (no POD_ID) kopf names its peer after getpass.getuser().
-# pip and setuptools come with the base image but have no use at run time.
+# pip and setuptools, when the base image has them, have no use at run time.
 RUN groupadd --system --gid 65532 relay \
     && useradd --system --uid 65532 --gid relay --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin relay \
-    && python -m pip uninstall --yes --no-cache-dir pip setuptools wheel
+    && if python -m pip --version >/dev/null 2>&1; then \
+         python -m pip uninstall --yes --no-cache-dir pip setuptools wheel; \
+       fi
 COPY --from=build /opt/relayjob /opt/relayjob
 ENV PATH=/opt/relayjob/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -7,8 +7,18 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# redis-cli joins the test Redis Cluster and asks the test Sentinels; the Sentinels themselves are
+# `redis-server --sentinel` (the binary Debian's redis-sentinel package links to).
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The integration tier also runs the ledger behind PgBouncer (Debian installs it in /usr/sbin).
+[ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || need_apt+=(pgbouncer)
+# The image is built and run with podman (tests/e2e/test_image.py, devtools/image.py), as root only.
+if [ "$(id -u)" = 0 ]; then
+  command -v podman >/dev/null 2>&1 || need_apt+=(podman runc netavark)
+  command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+fi
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" = 0 ]; then
     echo "bootstrap: installing ${need_apt[*]} from Debian's packages" >&2
