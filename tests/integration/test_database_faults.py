@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -16,7 +17,7 @@ from controller.model.phases import Phase
 from controller.runtime.app import App
 from controller.runtime.retry import until_done
 from controller.settings import Settings
-from tests.integration.conftest import RecordingCluster, eventually, new_ref, running
+from tests.integration.conftest import RecordingCluster, eventually, new_ref, running, with_database
 
 pytestmark = pytest.mark.integration
 JOBS = 60
@@ -124,10 +125,14 @@ async def terminating_backends(dsn: str, every: float) -> AsyncIterator[list[int
         await admin.close()
 
 
-async def test_sessions_terminated_mid_run(app: App, cluster: RecordingCluster, database_url: str) -> None:
+async def test_sessions_terminated_mid_run(
+    app: App, cluster: RecordingCluster, database_url: str, postgres_server: Any
+) -> None:
     refs = [new_ref(f"job-{i}") for i in range(JOBS * 3)]
+    # The administrator (or failover) acts on the server itself, not through a pooler in front.
+    server = with_database(postgres_server.dsn, urlsplit(database_url).path.lstrip("/"))
     async with running(app) as running_app:
-        async with terminating_backends(database_url, every=0.05) as killed:
+        async with terminating_backends(server, every=0.05) as killed:
             for ref in refs:
                 body = cluster.body(ref, {"target": {"noop": {}}})
                 # As the watch handler does: admission waits out a broken connection.
