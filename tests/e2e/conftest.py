@@ -10,18 +10,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from devtools.operator_process import OperatorProcess
-
-
-async def _create_database(dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+from tests.support.databases import create_database
+from tests.support.target import Target, ThreadedTarget
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +22,7 @@ def operator_env(control_plane: Any, redis_server: Any, postgres_server: Any) ->
     """Settings for operators of this module: a fresh database and key prefix, one namespace."""
     suffix = uuid.uuid4().hex[:8]
     database = f"e2e_{suffix}"
-    asyncio.run(_create_database(postgres_server.dsn, database))
+    asyncio.run(create_database(postgres_server.dsn, database))
     namespace = f"e2e-{suffix}"
     control_plane.kubectl("create", "namespace", namespace)
     return {
@@ -63,6 +56,13 @@ def operator(
     yield process
     code = process.stop()
     assert code == 0, f"operator exited {code} on SIGTERM:\n{process.logs()[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    """A counting HTTP target on loopback, served from a thread, for the module's jobs."""
+    with ThreadedTarget() as served:
+        yield served
 
 
 @pytest.fixture

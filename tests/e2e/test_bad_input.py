@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,16 +14,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from devtools.operator_process import OperatorProcess
-from tests.support.target import Target, ThreadedTarget
+from tests.support.target import Target
 
 pytestmark = pytest.mark.e2e
 TERMINAL = {"Completed", "DeadLettered", "Rejected"}
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    with ThreadedTarget() as served:
-        yield served
 
 
 def nested(depth: int) -> dict[str, Any]:

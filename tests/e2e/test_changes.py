@@ -8,24 +8,17 @@ import json
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from devtools.operator_process import OperatorProcess
 from tests.e2e.jobs import apply, get, wait_all, wait_phase
-from tests.support.target import Target, ThreadedTarget
+from tests.support.target import Target
 
 pytestmark = pytest.mark.e2e
 
 FAST = {"initialSeconds": 0.2, "maxSeconds": 0.5, "jitter": False}
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    with ThreadedTarget() as served:
-        yield served
 
 
 @pytest.fixture

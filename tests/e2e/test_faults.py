@@ -21,7 +21,7 @@ import pytest
 
 from devtools.operator_process import OperatorProcess
 from devtools.sandbox import COMPONENTS, DEFAULT_CRD, Sandbox
-from tests.support.target import Target, ThreadedTarget
+from tests.support.target import Target
 
 pytestmark = pytest.mark.e2e
 
@@ -39,12 +39,6 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     yield box
     box.down()
     box.postgres.remove_data()
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    with ThreadedTarget() as served:
-        yield served
 
 
 @dataclass

@@ -28,7 +28,8 @@ from devtools.binaries import BinaryError
 from devtools.operator_process import OperatorProcess
 from devtools.sandbox import CONTROL_PLANE, DEFAULT_CRD, KubeTools, Sandbox
 from devtools.servers import PostgresServer, RedisServer
-from tests.support.target import Target, ThreadedTarget
+from tests.support.databases import create_database
+from tests.support.target import Target
 
 pytestmark = pytest.mark.e2e
 
@@ -70,12 +71,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeTools]:
         sandbox.down()
 
 
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    with ThreadedTarget() as served:
-        yield served
-
-
 def rendered(cluster: KubeTools, template: str) -> list[dict[str, Any]]:
     out = cluster.helm(
         "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", "1.36.0",
@@ -83,14 +78,6 @@ def rendered(cluster: KubeTools, template: str) -> list[dict[str, Any]]:
         "--show-only", template,
     ).stdout  # fmt: skip
     return [doc for doc in yaml.safe_load_all(out) if doc]
-
-
-async def _create_database(dsn: str, name: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +99,7 @@ def chart_env(
     assert "RELAY_PEERING_PRIORITY" not in env, "one priority for every replica freezes them all"
     assert "RELAY_STANDALONE" not in env
     database = f"ha_{SUFFIX}"
-    asyncio.run(_create_database(postgres_server.dsn, database))
+    asyncio.run(create_database(postgres_server.dsn, database))
     from_secrets = {
         "RELAY_REDIS_URL": redis_server.url,
         "RELAY_DATABASE_URL": urlunsplit(urlsplit(postgres_server.dsn)._replace(path=f"/{database}")),

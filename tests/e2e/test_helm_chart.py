@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 import yaml
 
 from devtools.binaries import BinaryError
 from devtools.sandbox import CONTROL_PLANE, KubeTools, Sandbox
 from devtools.servers import PostgresServer, RedisServer
+from tests.support.databases import create_database
 
 pytestmark = pytest.mark.e2e
 
@@ -190,14 +190,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _create_database(dsn: str, name: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-
-
 @dataclass
 class Operator:
     process: subprocess.Popen[bytes]
@@ -224,7 +216,7 @@ def run_operator(
     log: Path,
 ) -> Iterator[Operator]:
     database = f"helm_{release.name.replace('-', '_')}"
-    asyncio.run(_create_database(postgres_server.dsn, database))
+    asyncio.run(create_database(postgres_server.dsn, database))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_") and k != "KUBECONFIG"}
     env.update(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,7 @@ from controller.adapters.json_guard import loads as bounded_loads
 from controller.model.phases import Reason
 from devtools.operator_process import OperatorProcess
 from tests.e2e.jobs import apply
-from tests.support.target import Target, ThreadedTarget
+from tests.support.target import Target
 
 pytestmark = pytest.mark.e2e
 TERMINAL = {"Completed", "DeadLettered", "Rejected"}
@@ -34,12 +33,6 @@ DEEPEST_LIST = 9_997
 DEEPEST_OBJECT = 9_992
 SEED = 14
 RAW = "@raw@"
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    with ThreadedTarget() as served:
-        yield served
 
 
 def nested_objects(levels: int) -> str:

@@ -20,12 +20,6 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    with ThreadedTarget() as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
 def denied() -> Iterator[Target]:
     with ThreadedTarget(host="127.0.0.2") as served:
         yield served

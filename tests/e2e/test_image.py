@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 import yaml
 
 from devtools.image import ULIMITS, ImageError, Podman, build_image
 from devtools.sandbox import KubeTools
 from devtools.servers import PostgresServer, RedisServer
+from tests.support.databases import create_database
 
 # A first run makes the base image with debootstrap and installs every dependency: minutes.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
@@ -317,14 +317,6 @@ def http_target() -> Iterator[tuple[str, list[bytes]]]:
     server.server_close()
 
 
-async def _create_database(dsn: str, name: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-
-
 def test_the_image_runs_a_job_as_the_chart_runs_it(
     image: Built,
     control_plane: KubeTools,
@@ -344,7 +336,7 @@ def test_the_image_runs_a_job_as_the_chart_runs_it(
     created = install_identity(control_plane, documents, account)
 
     database = f"image_{SUFFIX}"
-    asyncio.run(_create_database(postgres_server.dsn, database))
+    asyncio.run(create_database(postgres_server.dsn, database))
     secrets = {
         ("relayjob-redis", "url"): redis_server.url,
         ("relayjob-postgresql", "url"): urlunsplit(

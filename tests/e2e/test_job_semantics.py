@@ -6,21 +6,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.e2e.jobs import apply, get, wait_all, wait_phase
-from tests.support.target import Target, ThreadedTarget
+from tests.support.target import Target
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    with ThreadedTarget() as served:
-        yield served
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,13 @@ import pytest
 
 from controller.cli import AFTER_GRACE_SECONDS
 from devtools.operator_process import OperatorProcess
-from tests.support.target import Target, ThreadedTarget
+from tests.support.target import Target
 
 pytestmark = pytest.mark.e2e
 
 JOBS = 50
 TARGET_MS = 2000
 GRACE_SECONDS = 20
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    with ThreadedTarget() as served:
-        yield served
 
 
 def jobs(namespace: str, url: str) -> str:

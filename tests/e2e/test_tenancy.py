@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 import yaml
 
 from devtools.operator_process import OperatorProcess
 from devtools.sandbox import DEFAULT_SECRET_POLICY, KubeTools
 from devtools.servers import PostgresServer, free_port
-from tests.support.target import Target, ThreadedTarget
+from tests.support.databases import create_database
+from tests.support.target import Target
 
 pytestmark = pytest.mark.e2e
 
@@ -83,12 +83,6 @@ def can_i(kube: KubeTools, user: str, question: str, namespace: str) -> bool:
     result = as_user(kube, user, "auth", "can-i", *question.split(), "-n", namespace)
     assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
     return result.stdout.strip() == "yes"
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    with ThreadedTarget() as served:
-        yield served
 
 
 @pytest.fixture(scope="module")
@@ -468,14 +462,6 @@ def readyz(process: OperatorProcess) -> tuple[int, dict[str, str]]:
         return error.code, json.loads(error.read())
 
 
-async def _create_database(dsn: str, name: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="module")
 def side_env(
     operator_env: dict[str, str], postgres_server: PostgresServer, control_plane: KubeTools
@@ -483,7 +469,7 @@ def side_env(
     """Settings for operators started beside the module's own: a database, key prefix and (empty)
     namespace of their own, so their reconciliation never meets the module's jobs."""
     database = f"tenancy_{SUFFIX}"
-    asyncio.run(_create_database(postgres_server.dsn, database))
+    asyncio.run(create_database(postgres_server.dsn, database))
     namespace = f"tenancy-side-{SUFFIX}"
     control_plane.kubectl("create", "namespace", namespace)
     return {

@@ -1,7 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
 from controller.core.status import status_document
-from controller.model.jobs import ExecutionResult, JobRow, Outcome
+from controller.model.jobs import JobRow
 from controller.model.phases import Phase
 from tests.unit.fakes import job_row
 
@@ -11,10 +11,6 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 def row(**changes: object) -> JobRow:
     base = job_row(Phase.PROCESSING, attempts=1, maxAttempts=3, backoff={"jitter": False})
     return base.model_copy(update={"retries": 0, "started_at": NOW, **changes})
-
-
-def result(outcome: Outcome, **kw: object) -> ExecutionResult:
-    return ExecutionResult.model_validate({"outcome": outcome, "reason": "HTTP503"} | kw)
 
 
 def test_status_of_completed_job_has_conditions_for_kubectl_wait() -> None:
