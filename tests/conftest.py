@@ -21,7 +21,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -42,12 +42,13 @@ def _or_fail(action: Callable[[], T]) -> T:
 
 
 @contextlib.contextmanager
-def running_sandbox(directory: Path, components: tuple[str, ...]) -> Iterator[Sandbox]:
-    """A sandbox of the given components, stopped (and its PostgreSQL data removed) afterwards.
+def running_sandbox(directory: Path, components: tuple[str, ...], **options: Any) -> Iterator[Sandbox]:
+    """A sandbox of the given components, stopped (and its PostgreSQL data removed) afterwards;
+    `options` go to `Sandbox` (crd, secret_policy, helm: off unless given).
 
     Logs stay in the directory, which pytest keeps for the last few sessions, for post-mortems.
     """
-    sandbox = Sandbox(directory, components=components, helm=False)
+    sandbox = Sandbox(directory, components=components, **({"helm": False} | options))
     try:
         _or_fail(sandbox.up)
         yield sandbox

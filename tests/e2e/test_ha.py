@@ -24,10 +24,10 @@ import asyncpg
 import pytest
 import yaml
 
-from devtools.binaries import BinaryError
 from devtools.operator_process import OperatorProcess
-from devtools.sandbox import CONTROL_PLANE, DEFAULT_CRD, KubeTools, Sandbox
+from devtools.sandbox import CONTROL_PLANE, DEFAULT_CRD, KubeTools
 from devtools.servers import PostgresServer, RedisServer
+from tests.conftest import running_sandbox
 from tests.support.databases import create_database
 from tests.support.target import Target
 
@@ -51,24 +51,12 @@ MAX_ADMISSION_SECONDS = 8.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeTools]:
-    sandbox = Sandbox(
-        tmp_path_factory.mktemp("ha-cluster"),
-        components=CONTROL_PLANE,
-        crd=DEFAULT_CRD,
-        secret_policy=None,
-        helm=False,
-    )
-    try:
-        try:
-            sandbox.up()
-        except BinaryError as error:
-            pytest.fail(str(error), pytrace=False)
+    directory = tmp_path_factory.mktemp("ha-cluster")
+    with running_sandbox(directory, CONTROL_PLANE, crd=DEFAULT_CRD, secret_policy=None) as sandbox:
         tools = sandbox.kube_tools()
         tools.kubectl("apply", "--server-side", "-f", str(PEERING_CRDS))
         tools.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(PEERING_CRDS))
         yield tools
-    finally:
-        sandbox.down()
 
 
 def rendered(cluster: KubeTools, template: str) -> list[dict[str, Any]]:

@@ -39,9 +39,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import yaml
 
-from devtools.binaries import BinaryError
-from devtools.sandbox import CONTROL_PLANE, KubeTools, Sandbox
+from devtools.sandbox import CONTROL_PLANE, KubeTools
 from devtools.servers import PostgresServer, RedisServer
+from tests.conftest import running_sandbox
 from tests.support.databases import create_database
 
 pytestmark = pytest.mark.e2e
@@ -71,21 +71,9 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     if os.environ.get("RELAY_E2E_USE_KUBECONFIG") == "1":
         yield request.getfixturevalue("control_plane")
         return
-    sandbox = Sandbox(
-        tmp_path_factory.mktemp("helm-cluster"),
-        components=CONTROL_PLANE,
-        crd=None,
-        secret_policy=None,
-        helm=True,
-    )
-    try:
-        try:
-            sandbox.up()
-        except BinaryError as error:
-            pytest.fail(str(error), pytrace=False)
+    directory = tmp_path_factory.mktemp("helm-cluster")
+    with running_sandbox(directory, CONTROL_PLANE, crd=None, secret_policy=None, helm=True) as sandbox:
         yield sandbox.kube_tools()
-    finally:
-        sandbox.down()
 
 
 @dataclass
@@ -904,17 +892,8 @@ def helm_tool(request: pytest.FixtureRequest) -> str:
 def fresh_cluster(tmp_path: Path) -> Iterator[KubeTools]:
     """A control plane of the test's own with no CRD at all: Helm installs them, and the test may
     then change and re-apply the CRD without touching any other test's cluster."""
-    sandbox = Sandbox(
-        tmp_path / "cluster", components=CONTROL_PLANE, crd=None, secret_policy=None, helm=False
-    )
-    try:
-        try:
-            sandbox.up()
-        except BinaryError as error:
-            pytest.fail(str(error), pytrace=False)
+    with running_sandbox(tmp_path / "cluster", CONTROL_PLANE, crd=None, secret_policy=None) as sandbox:
         yield sandbox.kube_tools()
-    finally:
-        sandbox.down()
 
 
 def crd(cluster: KubeTools) -> dict[str, Any]:
