@@ -1,11 +1,7 @@
-import sys
-import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from controller.adapters import json_guard
 from controller.core.admission import MAX_PAYLOAD_DEPTH, Admitted, Refused, admit
 from controller.model.phases import Reason
+from tests.unit.fakes import recursion_budget
 
 EXECUTORS = {"noop", "http"}
 
@@ -66,16 +62,6 @@ def chain(levels: int, leaf: object = "leaf") -> dict[str, object]:
         node = {"k": node}
     assert isinstance(node, dict)
     return node
-
-
-@contextmanager
-def recursion_budget(frames: int) -> Iterator[None]:
-    before = sys.getrecursionlimit()
-    sys.setrecursionlimit(len(traceback.extract_stack()) + frames)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(before)
 
 
 def test_a_deep_payload_is_refused_as_too_deep_at_any_depth() -> None:

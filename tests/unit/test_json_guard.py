@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
-import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import Any
 
 import pytest
@@ -15,6 +12,7 @@ from hypothesis import strategies as st
 
 from controller.adapters import json_guard
 from controller.adapters.json_guard import MAX_DEPTH, TRUNCATED
+from tests.unit.fakes import recursion_budget
 
 SHAPES = ("objects", "lists", "both in turn")
 
@@ -34,17 +32,6 @@ def depth_of(value: Any) -> tuple[int, Any]:
         value = next(iter(value.values())) if isinstance(value, dict) else value[0]
         levels += 1
     return levels, value
-
-
-@contextmanager
-def recursion_budget(frames: int) -> Iterator[None]:
-    """Python's recursion limit set `frames` above the current stack: what decoding may use."""
-    before = sys.getrecursionlimit()
-    sys.setrecursionlimit(len(traceback.extract_stack()) + frames)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(before)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -23,7 +23,6 @@ import yaml
 from setuptools import find_namespace_packages
 
 from controller.settings import Settings
-from devtools.binaries import Binaries, BinaryError
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "relayjob-operator"
@@ -38,14 +37,6 @@ POLICY_RULE = {
     "verbs": ["get"],
 }
 USER_ROLES = ("relay-relayjob-operator-edit", "relay-relayjob-operator-view")
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    try:
-        return Binaries().ensure("helm")
-    except BinaryError as error:
-        pytest.fail(str(error), pytrace=False)
 
 
 def helm_run(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:

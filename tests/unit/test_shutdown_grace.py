@@ -17,7 +17,6 @@ from controller.core.transitions import cut_off
 from controller.model.jobs import JobRow
 from controller.model.phases import Phase, Reason
 from controller.settings import Settings, describe_error
-from devtools.binaries import Binaries, BinaryError
 from tests.unit.fakes import job_row
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -66,14 +65,6 @@ def test_a_negative_grace_is_refused_naming_the_variable(monkeypatch: pytest.Mon
     assert "RELAY_SHUTDOWN_GRACE_SECONDS: Input should be greater than or equal to 0" in describe_error(
         caught.value
     )
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    try:
-        return Binaries().ensure("helm")
-    except BinaryError as error:
-        pytest.fail(str(error), pytrace=False)
 
 
 def template(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
