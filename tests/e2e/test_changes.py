@@ -141,7 +141,9 @@ def test_a_redrive_value_acts_at_most_once_across_restarts(
     control_plane: Any, namespace: str, target: Target, start_operator: Any
 ) -> None:
     first = start_operator("before")
-    slow_backoff = {"initialSeconds": 2, "maxSeconds": 2, "jitter": False}
+    # Two 5 s backoffs: the early value must land while the job is still Retrying, even when
+    # kubectl polls slowly on a loaded machine.
+    slow_backoff = {"initialSeconds": 5, "maxSeconds": 5, "jitter": False}
     spec = {"target": {"http": {"url": target.url("/status/503")}}, "maxAttempts": 3, "backoff": slow_backoff}
     apply(control_plane, namespace, {"dlq": spec})
     uid = get(control_plane, namespace, "dlq")["metadata"]["uid"]

@@ -34,6 +34,7 @@ class RecordingCluster:
         self.jobs: dict[UUID, JobRef] = {}
         self.status: dict[UUID, dict[str, Any]] = {}
         self.patches: dict[UUID, int] = {}
+        self.written: dict[UUID, list[dict[str, Any]]] = {}
         self.events: list[tuple[JobRef, str, str, str]] = []
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}
 
@@ -63,7 +64,15 @@ class RecordingCluster:
             return False
         self.status[ref.uid] = {k: v for k, v in status.items() if v is not None}
         self.patches[ref.uid] = self.patches.get(ref.uid, 0) + 1
+        self.written.setdefault(ref.uid, []).append(self.status[ref.uid])
         return True
+
+    def first_written(self, ref: JobRef, phase: str) -> dict[str, Any]:
+        """The first status written with `phase`, however briefly the job stayed in it.
+
+        Raises StopIteration when no status with that phase was written.
+        """
+        return next(s for s in self.written.get(ref.uid, []) if s.get("phase") == phase)
 
     async def post_event(self, ref: JobRef, kind: str, reason: str, message: str) -> None:
         self.events.append((ref, kind, reason, message))

@@ -79,10 +79,10 @@ async def test_fails_twice_then_succeeds(app: App, cluster: RecordingCluster, ta
 async def test_retrying_shows_next_attempt(app: App, cluster: RecordingCluster, target: Target) -> None:
     async with running(app):
         ref = await submit(app, cluster, http(target.url("/fail/1"), backoff=FAST | {"initialSeconds": 3}))
-        status = await until_phase(app, cluster, ref, Phase.RETRYING)
-        assert status["nextAttemptAt"] and "HTTP503" in status["lastError"]
-        assert any(e[2] == "Retrying" for e in cluster.events)
         await until_phase(app, cluster, ref, Phase.COMPLETED)
+    status = cluster.first_written(ref, Phase.RETRYING.value)
+    assert status["nextAttemptAt"] and "HTTP503" in status["lastError"]
+    assert any(e[2] == "Retrying" for e in cluster.events)
 
 
 async def test_exhausted_job_is_dead_lettered(app: App, cluster: RecordingCluster, target: Target) -> None:
@@ -176,9 +176,11 @@ async def test_delay_holds_the_job(app: App, cluster: RecordingCluster, target: 
     async with running(app):
         began = asyncio.get_running_loop().time()
         ref = await submit(app, cluster, http(target.url("/ok"), delaySeconds=1))
-        await until_phase(app, cluster, ref, Phase.QUEUED)
-        assert target.calls == []
+        held = await app.ledger.get(ref.uid)
         await until_phase(app, cluster, ref, Phase.COMPLETED)
+    # The ledger, not the status, is read for the Queued phase: a status write may lag by more
+    # than the one-second delay (the contract allows seconds), and coalescing then skips it.
+    assert held is not None and held.phase is Phase.QUEUED and held.next_attempt_at is not None
     assert target.calls[0].at - began >= 0.95
 
 
