@@ -157,10 +157,16 @@ class KubeTools:
         return True
 
     def install_crd(self, crd: Path | None, log: Logger = stderr_logger) -> bool:
-        """Server-side apply the CRD and wait until it serves; False when the file is absent."""
-        if not self._apply(crd, "the RelayJob CRD", log):
+        """Server-side apply the RelayJob CRD and the other relay.dev CRDs beside it (`crd-*.yaml`
+        in the same directory: RelayQueue, RelaySchedule), and wait until they serve; False when
+        the file is absent."""
+        if crd is None or not self._apply(crd, "the RelayJob CRD", log):
             return False
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd))
+        siblings = sorted(crd.parent.glob("crd-*.yaml"))
+        for sibling in siblings:
+            self._apply(sibling, f"the CRD in {sibling.name}", log)
+        for manifest in (crd, *siblings):
+            self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(manifest))
         return True
 
     def install_secret_policy(self, policy: Path | None, log: Logger = stderr_logger) -> bool:

@@ -243,6 +243,24 @@ class KubeClient:
             raise
         return True
 
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a RelayJob (`body` is the whole object, with its `metadata.name`); False when
+        one of that name already exists. The deterministic names of callback jobs and schedule
+        runs make this the exactly-once step: whichever replica or restart creates second gets
+        409 AlreadyExists and does nothing."""
+        try:
+            await self._request(
+                "POST",
+                f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}",
+                params={"fieldManager": FIELD_MANAGER},
+                json={"apiVersion": API_VERSION, "kind": KIND, **body},
+            )
+        except KubeError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
     async def list_job_uids(self, namespaces: Iterable[str]) -> set[UUID]:
         """Every RelayJob uid that exists, across the watched namespaces (all when empty)."""
         paths = [f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}" for ns in namespaces] or [
