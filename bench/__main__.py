@@ -1,8 +1,10 @@
 """`make bench` / `make bench-quick`: us and our peers, measured in the same run on this machine.
 
-    python -m bench [--quick] [--only core,e2e,connections,memory] [--rounds N]
+    python -m bench [--quick] [--only core,queues,http,e2e,connections,memory] [--rounds N]
 
-Sections (see each module): core queue against arq, SAQ and BullMQ (`bench.core`), end to end
+Sections (see each module): core queue against arq, SAQ and BullMQ (`bench.core`, BullMQ also on
+a redis-server with an append-only file), the core queue through RelayQueues
+(`bench.core.run_queues`), HTTP jobs against one loopback target (`bench.http_section`), end to end
 through the sandbox's API server (`bench.e2e`), connection discipline (`bench.connections`) and
 the operator's memory (`bench.e2e`). Writes bench/results/latest.json (plus a copy named after the
 mode), bench/RESULTS.md and bench/results/throughput.png, and prints the ratios.
@@ -24,10 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import connections, core, e2e, report
+from bench import connections, core, e2e, http_section, report
 from bench.env import BENCH, PEER_PYTHON, RESULTS, WORK, Servers, log, machine
 
-SECTIONS = ("core", "e2e", "connections", "memory")
+SECTIONS = ("core", "queues", "http", "e2e", "connections", "memory")
+# The http section's target answers after this long; every system relays at HTTP_CONCURRENCY.
+HTTP_DELAY_S = 0.02
+HTTP_CONCURRENCY = 200
 
 
 @dataclass(frozen=True)
@@ -41,15 +46,16 @@ class Scale:
     conn_concurrency: int
     naive_deadline: float
     memory_steps: tuple[int, ...]
+    http_jobs: int
 
 
-FULL = Scale(20_000, (10, 100), 2, 2_000, 6_000, 100_000, 200, 60.0, (1_000, 10_000))
-QUICK = Scale(5_000, (10, 100), 1, 1_000, 2_000, 20_000, 200, 15.0, (1_000, 3_000))
+FULL = Scale(20_000, (10, 100), 2, 2_000, 6_000, 100_000, 200, 60.0, (1_000, 10_000), 20_000)
+QUICK = Scale(5_000, (10, 100), 1, 1_000, 2_000, 20_000, 200, 15.0, (1_000, 3_000), 3_000)
 
 
 def _check_peers() -> None:
     missing = [m for m in ("matplotlib", "psutil") if not _importable(m)]
-    peers = subprocess.run([PEER_PYTHON, "-c", "import arq, saq"], capture_output=True, check=False)
+    peers = subprocess.run([PEER_PYTHON, "-c", "import aiohttp, arq, saq"], capture_output=True, check=False)
     if missing or peers.returncode != 0:
         sys.exit("bench: peers or bench tools are not installed; run: make bench-setup")
     if shutil.which("node") is None:
@@ -79,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
-    _check_peers()
+    if set(chosen) != {"queues"}:  # the queues section runs us alone: no peers needed
+        _check_peers()
     started = time.monotonic()
-    servers = Servers(kube=bool({"e2e", "memory"} & set(chosen)))
+    servers = Servers(kube=bool({"e2e", "memory"} & set(chosen)), aof="core" in chosen)
     servers.up()
     result: dict[str, Any] = {
         "machine": machine(),
@@ -90,24 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     try:
-        if "core" in chosen:
-            log(f"core queue: {scale.core_jobs} jobs at concurrency {scale.concurrencies}, {rounds} round(s)")
-            result["core"] = core.run(servers, scale.core_jobs, scale.concurrencies, rounds)
-        if "e2e" in chosen:
-            log(f"end to end: {scale.e2e_jobs} RelayJobs through the API server")
-            result["e2e"] = e2e.run_e2e(servers, scale.e2e_jobs, scale.raw_patches, rounds)
-        if "connections" in chosen:
-            log(f"connections: {scale.conn_ops} ops at concurrency {scale.conn_concurrency}")
-            from controller.settings import Settings
-
-            pool_max = Settings().redis_pool_max
-            result["connections"] = connections.run(
-                servers.redis_url, scale.conn_ops, scale.conn_concurrency, pool_max, scale.naive_deadline
-            )
-            result["connections"]["kernel"] = _kernel_net()
-        if "memory" in chosen:
-            log(f"memory: idle, then {scale.memory_steps} RelayJobs")
-            result["memory"] = e2e.run_memory(servers, scale.memory_steps)
+        _measure(result, servers, chosen, scale, rounds)
     finally:
         if not args.keep_servers:
             servers.down()
@@ -127,6 +117,48 @@ def main(argv: list[str] | None = None) -> int:
         report.write(result, BENCH / "RESULTS.md", RESULTS / "throughput.png")
     print(report.summary(result))
     return 0
+
+
+def _measure(result: dict[str, Any], servers: Servers, chosen: list[str], scale: Scale, rounds: int) -> None:
+    """Run the `chosen` sections in their order, each adding its figures to `result`."""
+    if "core" in chosen:
+        log(f"core queue: {scale.core_jobs} jobs at concurrency {scale.concurrencies}, {rounds} round(s)")
+        result["core"] = core.run(servers, scale.core_jobs, scale.concurrencies, rounds)
+    if "queues" in chosen:
+        result["queues"] = _queues(servers, scale, rounds)
+    if "http" in chosen:
+        result["http"] = _http(servers, scale, rounds)
+    if "e2e" in chosen:
+        log(f"end to end: {scale.e2e_jobs} RelayJobs through the API server")
+        result["e2e"] = e2e.run_e2e(servers, scale.e2e_jobs, scale.raw_patches, rounds)
+    if "connections" in chosen:
+        result["connections"] = _connections(servers, scale)
+    if "memory" in chosen:
+        log(f"memory: idle, then {scale.memory_steps} RelayJobs")
+        result["memory"] = e2e.run_memory(servers, scale.memory_steps)
+
+
+def _queues(servers: Servers, scale: Scale, rounds: int) -> dict[str, Any]:
+    concurrency = scale.concurrencies[0]
+    log(f"core queue through RelayQueues: {scale.core_jobs} jobs at concurrency {concurrency}")
+    return core.run_queues(servers, scale.core_jobs, concurrency, rounds)
+
+
+def _http(servers: Servers, scale: Scale, rounds: int) -> dict[str, Any]:
+    log(f"http: {scale.http_jobs} jobs at concurrency {HTTP_CONCURRENCY}, target delay {HTTP_DELAY_S}s")
+    return http_section.run(servers, scale.http_jobs, HTTP_CONCURRENCY, rounds, HTTP_DELAY_S)
+
+
+def _connections(servers: Servers, scale: Scale) -> dict[str, Any]:
+    log(f"connections: {scale.conn_ops} ops at concurrency {scale.conn_concurrency}")
+    from controller.settings import Settings
+
+    pool_max = Settings().redis_pool_max
+    found = connections.run(
+        servers.redis_url, scale.conn_ops, scale.conn_concurrency, pool_max, scale.naive_deadline
+    )
+    found["kernel"] = _kernel_net()
+    return found
 
 
 def _kernel_net() -> dict[str, str]:

@@ -37,7 +37,7 @@ async def main(
     async def ours(i: int) -> None:
         uid = f"job-{i // 3}"
         if i % 3 == 0:
-            await queue.place([Placement(uid, i, 0)], int(time.time() * 1000))
+            await queue.place([Placement(uid, i, 0, "bench/default")], int(time.time() * 1000))
         elif i % 3 == 1:
             await queue.claim(1, int(time.time() * 1000), 15000)
         else:

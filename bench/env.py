@@ -13,8 +13,10 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -25,9 +27,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 
-from devtools.binaries import find_postgres_bindir
+from devtools.binaries import find_postgres_bindir, find_redis_server
 from devtools.sandbox import Sandbox
-from devtools.servers import PostgresServer
+from devtools.servers import PostgresServer, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -37,6 +39,8 @@ PYTHON = sys.executable
 # arq and SAQ, from a venv of their own (`make bench-setup`): see the Makefile.
 PEER_PYTHON = str(WORK / "peers-venv" / "bin" / "python")
 _RELAXED = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+# redis-server's `appendfsync` settings BullMQ is measured with besides no persistence at all.
+AOF_MODES = ("always", "everysec")
 
 
 def log(message: str) -> None:
@@ -56,13 +60,32 @@ class DurablePostgres(PostgresServer):
         return [*out, "-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "full_page_writes=on"]
 
 
+class AofRedis(RedisServer):
+    """redis-server writing every change to its append-only file, as a durable BullMQ deployment
+    runs it: `appendfsync always` syncs the file before each reply, `everysec` once a second. Its
+    directory is under bench/.work, on the disk the ledger's PostgreSQL syncs to, so both pay for
+    the same disk."""
+
+    def __init__(self, workdir: Path, fsync: str) -> None:
+        super().__init__(workdir, find_redis_server())
+        self.fsync = fsync
+
+    def command(self) -> list[str]:
+        argv = super().command()
+        argv[argv.index("--appendonly") + 1] = "yes"
+        return [*argv, "--appendfsync", self.fsync]
+
+
 @dataclass
 class Servers:
-    """The bench's servers; `up` starts what the chosen sections need."""
+    """The bench's servers; `up` starts what the chosen sections need: `kube` the API server and
+    etcd, `aof` one AofRedis per AOF_MODES beside the sandbox's redis-server (which keeps nothing)."""
 
     kube: bool
+    aof: bool = False
     sandbox: Sandbox = field(init=False)
     postgres: DurablePostgres = field(init=False)
+    aof_redis: dict[str, AofRedis] = field(init=False, default_factory=dict)
 
     def up(self) -> None:
         """Start every server on empty stores. Data kept from earlier runs skews the figures: with
@@ -81,8 +104,17 @@ class Servers:
         self.postgres.launch()
         self.postgres.wait_ready()
         log(f"ledger PostgreSQL (durable) at {self.postgres.dsn}")
+        for mode in AOF_MODES if self.aof else ():
+            server = AofRedis(Path(tempfile.mkdtemp(prefix=f"redis-aof-{mode}-", dir=WORK)), mode)
+            self.aof_redis[mode] = server
+            server.start()
+            log(f"redis-server with appendfsync {mode} at {server.url}")
 
     def down(self) -> None:
+        for server in self.aof_redis.values():
+            server.stop()
+            shutil.rmtree(server.workdir, ignore_errors=True)
+        self.aof_redis.clear()
         self.postgres.stop()
         self.postgres.remove_data()
         self.sandbox.down(purge=True)
@@ -90,6 +122,9 @@ class Servers:
     @property
     def redis_url(self) -> str:
         return self.sandbox.redis.url
+
+    def aof_url(self, mode: str) -> str:
+        return self.aof_redis[mode].url
 
     def new_database(self, prefix: str) -> str:
         name = f"{prefix}_{uuid.uuid4().hex[:8]}"

@@ -44,7 +44,7 @@ async def main(redis_url: str, database_url: str, jobs: int, lanes: int, batch: 
     async def lane() -> None:
         nonlocal recorded
         while True:
-            uids = await app.queue.claim(batch, int(time.time() * 1000), lease_ms)
+            uids = (await app.queue.claim(batch, int(time.time() * 1000), lease_ms)).uids
             if not uids:
                 return
             opened = await app.pool.fetch(SQL["start"], *start_arguments(uids, "floor"))

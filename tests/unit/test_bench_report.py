@@ -1,0 +1,146 @@
+"""The bench's report logic: which issue-20 targets a run's figures meet, and how the HTTP section
+sums its runs. Figures here are made up; nothing is measured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.http_section import summarize
+from bench.report import markdown, summary, targets
+
+
+def _core(relayjob: float, aof_always: float, arq: float) -> dict[str, Any]:
+    row = {
+        "relayjob": relayjob,
+        "bullmq": 3 * aof_always,
+        "bullmq_aof_always": aof_always,
+        "bullmq_aof_everysec": 2 * aof_always,
+        "arq": arq,
+        "saq": arq,
+    }
+    return {"jobs": 100, "by_concurrency": {"10": row, "100": dict(row)}, "runs": {}, "rounds": 1}
+
+
+def _http(**overrides: Any) -> dict[str, Any]:
+    http: dict[str, Any] = {
+        "jobs": 100,
+        "concurrency": 200,
+        "target_delay_s": 0.02,
+        "relayjob": 2000.0,
+        "bullmq": 3000.0,
+        "arq": 900.0,
+        "relayjob_p50_s": 0.05,
+        "relayjob_p99_s": 0.2,
+        "target_connections": 100,
+        "pool_max": 100,
+        "errors": 0,
+        "target_alone_per_s": 5000.0,
+        "target_alone_errors": 0,
+        "latency_bound_per_s": 10000.0,
+    }
+    return http | overrides
+
+
+def _met(result: dict[str, Any]) -> dict[str, bool]:
+    return {t["target"]: t["met"] for t in targets(result)}
+
+
+def test_core_is_judged_against_bullmq_at_equal_durability_and_arq_at_each_concurrency() -> None:
+    met = _met({"core": _core(relayjob=4000, aof_always=4000, arq=1000)})
+
+    assert met == {
+        "core c=10 vs BullMQ, AOF always": True,
+        "core c=10 vs arq": True,
+        "core c=100 vs BullMQ, AOF always": True,
+        "core c=100 vs arq": True,
+    }
+
+
+def test_core_below_bullmq_with_aof_always_or_four_times_arq_misses() -> None:
+    found = {t["target"]: t for t in targets({"core": _core(relayjob=3999, aof_always=4000, arq=1000)})}
+
+    assert found["core c=10 vs BullMQ, AOF always"]["met"] is False
+    assert found["core c=10 vs BullMQ, AOF always"]["value"] == 1.0  # rounded, yet short of the goal
+    assert found["core c=10 vs arq"]["met"] is False
+
+
+def test_a_core_run_without_the_aof_figures_misses_that_target_rather_than_failing() -> None:
+    core = _core(relayjob=4000, aof_always=4000, arq=1000)
+    for row in core["by_concurrency"].values():
+        del row["bullmq_aof_always"], row["bullmq_aof_everysec"]
+
+    found = {t["target"]: t for t in targets({"core": core})}
+
+    assert found["core c=10 vs BullMQ, AOF always"] == {
+        "target": "core c=10 vs BullMQ, AOF always",
+        "value": None,
+        "goal": ">= 1",
+        "met": False,
+    }
+    assert "| 10 | **4,000** | 12,000 | - | - |" in markdown({**_header(), "core": core}, "chart.png")
+
+
+def test_http_meets_its_targets_at_twice_arq_sixty_percent_of_bullmq_within_the_pool() -> None:
+    met = _met({"http": _http(relayjob=1800.0, bullmq=3000.0, arq=900.0)})
+
+    assert met == {
+        "http vs arq": True,
+        "http vs BullMQ": True,
+        "http connections to the target": True,
+        "http failed attempts": True,
+    }
+
+
+def test_http_misses_on_throughput_more_connections_than_the_pool_or_any_error() -> None:
+    assert _met({"http": _http(relayjob=1790.0)})["http vs arq"] is False
+    assert _met({"http": _http(relayjob=1790.0, bullmq=3000.0)})["http vs BullMQ"] is False
+    assert _met({"http": _http(target_connections=101)})["http connections to the target"] is False
+    assert _met({"http": _http(errors=1)})["http failed attempts"] is False
+
+
+def _run(rate: float, connections: int, errors: int = 0, **extra: Any) -> dict[str, Any]:
+    return {"jobs_per_s": rate, "seconds": 1.0, "connections": connections, "errors": errors, **extra}
+
+
+def test_http_summary_keeps_each_best_rate_but_the_worst_connections_and_every_error() -> None:
+    seen = {
+        "relayjob": [
+            _run(1000, 100, 2, p50_s=0.1, p99_s=0.9, pool_max=100, error_reasons={"Timeout": 2}),
+            _run(1500, 90, 1, p50_s=0.05, p99_s=0.3, pool_max=100, error_reasons={"Timeout": 1}),
+        ],
+        "bullmq": [_run(3000, 200), _run(2500, 250, 3)],
+        "arq": [_run(700, 100), _run(800, 100)],
+    }
+
+    out = summarize(seen, 100, 200, 0.02, {"jobs_per_s": 5000.0, "errors": 0})
+
+    assert (out["relayjob"], out["bullmq"], out["arq"]) == (1500, 3000, 800)
+    assert (out["relayjob_p50_s"], out["relayjob_p99_s"]) == (0.05, 0.3)  # the best run's latency
+    assert out["target_connections"] == 100
+    assert out["errors"] == 3
+    assert out["error_reasons"] == {"Timeout": 3}
+    assert out["peer_errors"] == {"bullmq": 3, "arq": 0}
+    assert out["connections_by_system"] == {"relayjob": 100, "bullmq": 250, "arq": 100}
+    assert out["latency_bound_per_s"] == 10000
+
+
+def test_the_report_shows_the_http_section_and_its_summary_line() -> None:
+    result = {**_header(), "http": _http()}
+    result["targets"] = targets(result)
+
+    text = markdown(result, "chart.png")
+
+    assert "## HTTP jobs: 100 POSTs to one loopback target answering after 20 ms" in text
+    assert "| **2,000** | 3,000 | 900 | 0.67x | 2.22x | 0.050 / 0.200 s | 100 (100) | 0 |" in text
+    assert "The fastest system reached 60% of what the target served alone." in text
+    assert "http c=200: relayjob 2,000/s" in summary(result)
+
+
+def test_the_report_says_when_a_system_was_as_fast_as_the_target_alone() -> None:
+    text = markdown({**_header(), "http": _http(bullmq=5000.0)}, "chart.png")
+
+    assert "reached 100% of what the target served alone (at or above it: the target may be" in text
+
+
+def _header() -> dict[str, Any]:
+    return {"mode": "quick", "machine": "test", "when": "now"}
