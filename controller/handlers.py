@@ -21,7 +21,8 @@ import kopf
 from kopf._cogs.clients import api as kopf_api
 
 from controller.adapters import json_guard
-from controller.adapters.kube import GROUP, PLURAL, VERSION
+from controller.adapters.kube import GROUP, PLURAL, QUEUE_PLURAL, VERSION
+from controller.model.schedules import PLURAL as SCHEDULE_PLURAL
 from controller.runtime.app import App
 from controller.runtime.retry import until_done
 from controller.settings import Settings
@@ -161,5 +162,27 @@ def build_registry(app: App) -> kopf.OperatorRegistry:
             await until_done(lambda: app.admissions.forget(uid), "forget", app.metrics, extra=where)
         else:
             await until_done(lambda: app.admissions.observe(body), "admission", app.metrics, extra=where)
+
+    @kopf.on.event(GROUP, VERSION, QUEUE_PLURAL, registry=registry)
+    async def _queue_event(*, type: str, event: kopf.RawEvent, **_: Any) -> None:
+        body = event["object"]
+        meta = body["metadata"]
+        where = {"queue": {"namespace": meta.get("namespace"), "name": meta.get("name")}}
+        if type == "DELETED":
+            namespace, name = str(meta["namespace"]), str(meta["name"])
+            await until_done(lambda: app.queues.forget(namespace, name), "queue", app.metrics, extra=where)
+        else:
+            await until_done(lambda: app.queues.observe(body), "queue", app.metrics, extra=where)
+
+    @kopf.on.event(GROUP, VERSION, SCHEDULE_PLURAL, registry=registry)
+    async def _schedule(*, type: str, event: kopf.RawEvent, **_: Any) -> None:
+        # Which schedules exist, nothing more: the schedules loop reads each one afresh as it acts.
+        meta = event["object"]["metadata"]
+        if app.schedules is None:
+            return
+        if type == "DELETED":
+            app.schedules.forget(meta["namespace"], meta["name"])
+        else:
+            app.schedules.observe(meta["namespace"], meta["name"])
 
     return registry

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # of shutdown takes (the chart derives one from the other).
     shutdown_grace_seconds: float = Field(default=25.0, ge=0, le=3600)
     reconcile_interval_seconds: float = Field(default=30.0, ge=1, le=86400)
+    # How often RelayQueue status (counts, dispatch rate) is refreshed: `kubectl get rq`'s lag.
+    queue_status_seconds: float = Field(default=5.0, ge=0.5, le=3600)
     # Ledger rows of deleted RelayJobs leave this long after they finished (fractions allowed).
     ledger_retention_days: float = Field(default=7.0, gt=0, le=36500)
     # ttlSecondsAfterFinished for RelayJobs that set none; unset, they stay until deleted.

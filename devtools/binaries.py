@@ -2,9 +2,9 @@
 
 Control-plane binaries (etcd, kube-apiserver, kubectl) come from `KUBEBUILDER_ASSETS` when it is
 set, the same directory controller-runtime's envtest uses, so a CI image that already has them
-never needs Go. Otherwise they, and helm (Helm 3 as `helm`, Helm 4 as `helm4`), are built from the
-Go module proxy into a per-user cache outside the repository, keyed by tool and version, so a
-checkout never carries binaries and a version bump never reuses a stale build.
+never needs Go. Otherwise they, helm (Helm 3 as `helm`, Helm 4 as `helm4`), promtool and prometheus
+are built from the Go module proxy into a per-user cache outside the repository, keyed by tool and
+version, so a checkout never carries binaries and a version bump never reuses a stale build.
 
 Redis and PostgreSQL come from the operating system's packages.
 """
@@ -30,9 +30,12 @@ KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.19.5"
 HELM4_VERSION = "v4.3.2"
+# The Go module's v0.3XX.Y is Prometheus release 3.XX.Y.
+PROMETHEUS_VERSION = "v0.316.0"
+PROMETHEUS_RELEASE = "3.16.0"
 
 CONTROL_PLANE_TOOLS = ("etcd", "kube-apiserver", "kubectl")
-ALL_TOOLS = (*CONTROL_PLANE_TOOLS, "helm", "helm4")
+ALL_TOOLS = (*CONTROL_PLANE_TOOLS, "helm", "helm4", "promtool", "prometheus")
 
 
 class BinaryError(RuntimeError):
@@ -55,10 +58,17 @@ class GoBuild:
     minutes: int
     fixed_replaces: tuple[str, ...] = field(default=())
     ldflags: tuple[str, ...] = field(default=())
+    tags: tuple[str, ...] = field(default=())
+    # What the built binary prints as its version, when that is not the module version.
+    release: str = ""
 
     @property
     def dirname(self) -> str:
         return f"{self.key}-{self.version}"
+
+    @property
+    def stamp(self) -> str:
+        return self.release or self.version
 
 
 def _etcd_replaces(version: str) -> tuple[str, ...]:
@@ -121,9 +131,26 @@ HELM4_BUILD = GoBuild(
     minutes=4,
     ldflags=(f"-X helm.sh/helm/v4/internal/version.version={HELM4_VERSION}",),
 )
+# promtool checks and unit-tests the chart's alerting rules; prometheus scrapes the operator for
+# the dashboard's queries. `remove_all_sd` leaves out the cloud service discoveries (a scrape of
+# static targets needs none), which are most of the build.
+PROMETHEUS_BUILD = GoBuild(
+    key="prometheus",
+    version=PROMETHEUS_VERSION,
+    module_name="relayjob.local/prometheusbuild",
+    require="github.com/prometheus/prometheus",
+    packages={
+        "promtool": "github.com/prometheus/prometheus/cmd/promtool",
+        "prometheus": "github.com/prometheus/prometheus/cmd/prometheus",
+    },
+    minutes=6,
+    ldflags=(f"-X github.com/prometheus/common/version.Version={PROMETHEUS_RELEASE}",),
+    tags=("remove_all_sd",),
+    release=PROMETHEUS_RELEASE,
+)
 BUILDS: Mapping[str, GoBuild] = {
     tool: build
-    for build in (KUBERNETES_BUILD, ETCD_BUILD, HELM_BUILD, HELM4_BUILD)
+    for build in (KUBERNETES_BUILD, ETCD_BUILD, HELM_BUILD, HELM4_BUILD, PROMETHEUS_BUILD)
     for tool in build.packages
 }
 
@@ -133,6 +160,8 @@ _VERSION_PROBES: Mapping[str, tuple[str, ...]] = {
     "kubectl": ("version", "--client"),
     "helm": ("version", "--short"),
     "helm4": ("version", "--short"),
+    "promtool": ("--version",),
+    "prometheus": ("--version",),
 }
 
 _STAGING_REPLACE = re.compile(
@@ -264,7 +293,7 @@ class Binaries:
                 return found
             # A cached build without version stamps (e.g. made by hand with a bare `go build`):
             # relinking reuses Go's build cache, so this costs a link, not a rebuild.
-            _progress(f"{found} reports no {BUILDS[tool].version} version stamp; relinking it")
+            _progress(f"{found} reports no {BUILDS[tool].stamp} version stamp; relinking it")
             return self._build(tool, go, relink=True)
         if go is None:
             raise BinaryError(self._missing_message(tool))
@@ -281,7 +310,7 @@ class Binaries:
             )
         except OSError:
             return False
-        return BUILDS[tool].version in result.stdout
+        return BUILDS[tool].stamp in result.stdout
 
     def ensure_all(self, tools: Sequence[str] = ALL_TOOLS) -> dict[str, Path]:
         return {tool: self.ensure(tool) for tool in tools}
@@ -383,6 +412,7 @@ class Binaries:
             temp = target.with_name(f".{tool}.tmp-{os.getpid()}")
             try:
                 flags = ["-ldflags", " ".join(build.ldflags)] if build.ldflags else []
+                flags += ["-tags", ",".join(build.tags)] if build.tags else []
                 self._run_go(go, ["build", *flags, "-o", str(temp), build.packages[tool]], build_dir, log)
                 os.replace(temp, target)
             finally:

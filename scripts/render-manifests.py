@@ -76,9 +76,10 @@ HEADER = f"""\
 # scripts/render-manifests.py from helm/relayjob-operator (default values: cluster scope, namespace
 # {NAMESPACE}); do not edit, change the chart and re-run the script.
 #
-#   kubectl apply --server-side -f manifests/crd.yaml -f manifests/peering-crds.yaml
-#   kubectl wait --for=condition=Established --timeout=60s \\
-#     crd/relayjobs.relay.dev crd/clusterkopfpeerings.kopf.dev crd/kopfpeerings.kopf.dev
+#   kubectl apply --server-side -f manifests/crd.yaml -f manifests/crd-relayqueues.yaml \\
+#     -f manifests/peering-crds.yaml
+#   kubectl wait --for=condition=Established --timeout=60s crd/relayjobs.relay.dev \\
+#     crd/relayqueues.relay.dev crd/clusterkopfpeerings.kopf.dev crd/kopfpeerings.kopf.dev
 #   kubectl apply -f manifests/install.yaml
 #   kubectl -n {NAMESPACE} create secret generic relayjob-redis \\
 #     --from-literal=url='redis://:PASSWORD@HOST:6379/0'

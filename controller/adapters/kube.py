@@ -22,8 +22,12 @@ import aiohttp
 
 from controller.adapters import json_guard
 from controller.model.jobs import JobRef, SecretForbidden, SecretNotFound, SecretUnavailable
+from controller.model.schedules import KIND as SCHEDULE_KIND
+from controller.model.schedules import PLURAL as SCHEDULE_PLURAL
+from controller.model.schedules import SCHEDULE_LABEL
 
 GROUP, VERSION, PLURAL, KIND = "relay.dev", "v1alpha1", "relayjobs", "RelayJob"
+QUEUE_PLURAL, QUEUE_KIND = "relayqueues", "RelayQueue"
 API_VERSION = f"{GROUP}/{VERSION}"
 # Named on every status patch, so that a status written by anyone else can be told apart in
 # `managedFields` (the API server would otherwise take the manager from the User-Agent).
@@ -223,10 +227,12 @@ class KubeClient:
         """A cluster-scoped admissionregistration.k8s.io/v1 object (e.g. plural
         `validatingadmissionpolicies`), or None when there is none of that name; an API server that
         does not serve the kind (older than 1.30) answers 404 as well."""
+        return await self._get_or_none(f"/apis/admissionregistration.k8s.io/v1/{plural}/{name}")
+
+    async def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        """The object at `path`, or None when the API server answers 404."""
         try:
-            found: dict[str, Any] = await self._request(
-                "GET", f"/apis/admissionregistration.k8s.io/v1/{plural}/{name}", answer=True
-            )
+            found: dict[str, Any] = await self._request("GET", path, answer=True)
         except KubeError as error:
             if error.status == 404:
                 return None
@@ -261,6 +267,79 @@ class KubeClient:
             raise
         return True
 
+    def _queues_path(self, namespace: str | None) -> str:
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        return f"/apis/{GROUP}/{VERSION}{scope}/{QUEUE_PLURAL}"
+
+    async def list_queues(self, namespaces: Iterable[str]) -> list[dict[str, Any]]:
+        """Every RelayQueue, across the watched namespaces (all when empty). Queues are few (one
+        per tenant and purpose), so whole objects in one page each are cheap."""
+        paths = [self._queues_path(ns) for ns in namespaces] or [self._queues_path(None)]
+        found: list[dict[str, Any]] = []
+        for path in paths:
+            page = await self._request("GET", path, answer=True)
+            found.extend(page.get("items") or [])
+        return found
+
+    async def get_queue(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One RelayQueue, or None when there is none of that name."""
+        return await self._get_or_none(f"{self._queues_path(namespace)}/{name}")
+
+    async def patch_queue_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """Merge `status` into a RelayQueue's status; False when the queue is gone. Only the
+        replica handling resources writes it, so a merge patch has no other writer to race."""
+        try:
+            await self._request(
+                "PATCH",
+                f"{self._queues_path(namespace)}/{name}/status",
+                params={"fieldManager": FIELD_MANAGER},
+                json={"status": status},
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+        except KubeError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    def _schedule_path(self, namespace: str, name: str) -> str:
+        return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{SCHEDULE_PLURAL}/{name}"
+
+    async def get_schedule(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One RelaySchedule, or None when there is none of that name."""
+        return await self._get_or_none(self._schedule_path(namespace, name))
+
+    async def list_runs(self, namespace: str, schedule: str) -> list[dict[str, Any]]:
+        """The RelayJobs labelled as runs of `schedule`: a schedule keeps a few (its history limits)."""
+        page = await self._request(
+            "GET",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}",
+            answer=True,
+            params={"labelSelector": f"{SCHEDULE_LABEL}={schedule}"},
+        )
+        return list(page.get("items") or [])
+
+    async def patch_schedule_status(self, ref: JobRef, status: dict[str, Any]) -> bool:
+        """Replace a RelaySchedule's `.status`; False when no schedule with this uid exists any more
+        (the uid test keeps it off a new schedule of the same name, as `patch_status` does)."""
+        body = [
+            {"op": "test", "path": "/metadata/uid", "value": str(ref.uid)},
+            {"op": "add", "path": "/status", "value": status},
+        ]
+        try:
+            await self._request(
+                "PATCH",
+                self._schedule_path(ref.namespace, ref.name) + "/status",
+                params={"fieldManager": FIELD_MANAGER},
+                json=body,
+                headers={"Content-Type": "application/json-patch+json"},
+            )
+        except KubeError as error:
+            if error.status == 404 or (error.status == 422 and _failed_test(error)):
+                return False
+            raise
+        return True
+
     async def list_job_uids(self, namespaces: Iterable[str]) -> set[UUID]:
         """Every RelayJob uid that exists, across the watched namespaces (all when empty)."""
         paths = [f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}" for ns in namespaces] or [
@@ -290,6 +369,17 @@ class KubeClient:
 
     async def post_event(self, ref: JobRef, kind: str, reason: str, message: str) -> None:
         """A core/v1 Event on the RelayJob, as `kubectl describe` lists them."""
+        await self._post_event(KIND, ref, kind, reason, message)
+
+    async def post_queue_event(self, ref: JobRef, kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event on a RelayQueue (`ref` names it: uid, namespace, name)."""
+        await self._post_event(QUEUE_KIND, ref, kind, reason, message)
+
+    async def post_schedule_event(self, ref: JobRef, kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event on a RelaySchedule (`ref` names it: uid, namespace, name)."""
+        await self._post_event(SCHEDULE_KIND, ref, kind, reason, message)
+
+    async def _post_event(self, involved: str, ref: JobRef, kind: str, reason: str, message: str) -> None:
         stamp = _now()
         body = {
             "apiVersion": "v1",
@@ -297,7 +387,7 @@ class KubeClient:
             "metadata": {"generateName": f"{ref.name[:200]}.", "namespace": ref.namespace},
             "involvedObject": {
                 "apiVersion": API_VERSION,
-                "kind": KIND,
+                "kind": involved,
                 "name": ref.name,
                 "namespace": ref.namespace,
                 "uid": str(ref.uid),

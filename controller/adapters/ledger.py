@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from importlib import resources
@@ -18,10 +18,18 @@ from uuid import UUID
 
 import asyncpg
 
-from controller.core.transitions import ACTIVE, HELD_RETRY, HELD_RETRY_NOTE
+from controller.core.transitions import (
+    ACTIVE,
+    HELD_RETRY,
+    HELD_RETRY_NOTE,
+    WAITING,
+    queue_found_message,
+    queue_missing_message,
+)
 from controller.model.jobs import FencingToken, JobRef, JobRow, SpecChange
 from controller.model.phases import AttemptOutcome, Phase, Reason
-from controller.model.spec import RelayJobSpec
+from controller.model.queues import QueueDefaults, QueueRef
+from controller.model.spec import DEFAULT_QUEUE, RelayJobSpec
 
 # Errors about a value PostgreSQL cannot hold: a property of the job, not of the server's health.
 UNSTORABLE = (asyncpg.DataError, asyncpg.exceptions.ProgramLimitExceededError)
@@ -129,6 +137,13 @@ def _parse_spec(record: asyncpg.Record) -> RelayJobSpec | None:
     return RelayJobSpec.model_validate(record["spec"])
 
 
+def _parse_or_none(spec: dict[str, Any]) -> RelayJobSpec | None:
+    try:
+        return RelayJobSpec.model_validate(spec)
+    except ValueError:
+        return None
+
+
 def _spec(record: asyncpg.Record) -> RelayJobSpec | None:
     uid = record["uid"]
     spec = _specs.pop(uid, None)
@@ -148,7 +163,7 @@ _ROW_COLUMNS = (
     "uid", "namespace", "name", "seq", "phase", "generation", "nullifier", "attempts", "retries",
     "max_attempts", "next_attempt_at", "last_error", "result", "reason", "message",
     "redrive_token", "created_at", "queued_at", "started_at", "finished_at", "run", "version",
-    "deleted_at", "priority", "suspend",
+    "deleted_at", "priority", "suspend", "queue", "deadline_at",
 )  # fmt: skip
 
 
@@ -181,11 +196,13 @@ def to_row(record: asyncpg.Record, spec: RelayJobSpec | None = None) -> JobRow:
             "queued_at": record["queued_at"],
             "started_at": record["started_at"],
             "finished_at": record["finished_at"],
+            "deadline_at": record["deadline_at"],
             "run": record["run"],
             "version": record["version"],
             "deleted": record["deleted_at"] is not None,
             "priority": record["priority"],
             "suspend": record["suspend"],
+            "queue": record["queue"],
         }
     )
 
@@ -199,8 +216,9 @@ def _statement(name: str) -> str:
 SQL = {
     name: _statement(name)
     for name in (
-        "admit", "admit_many", "attempts_of", "cancel", "cancel_attempts", "follow", "get",
-        "get_many", "live_uids", "nullifier_holder", "record", "redrive", "redrive_ignored",
+        "admit", "admit_many", "attempts_of", "cancel", "cancel_attempts", "find_queue", "follow",
+        "get", "get_many", "live_uids", "lose_queue", "nullifier_holder", "oldest_ready",
+        "queue_counts", "queue_waiters", "queues_awaited", "record", "redrive", "redrive_ignored",
         "prune", "redrive_lock", "redrive_seen", "refuse", "start", "statuses_behind",
         "statuses_written", "ttl_due", "versions", "waiting",
     )
@@ -210,6 +228,7 @@ FINISHED_PHASES = [Phase.COMPLETED.value, Phase.DEAD_LETTERED.value, Phase.REJEC
 START_PHASES = (
     Phase.PROCESSING, Reason.STARTED, Phase.DEAD_LETTERED, Reason.ATTEMPTS_EXHAUSTED, Phase.SUSPENDED,
     Reason.SUSPENDED, AttemptOutcome.LOST, Reason.LEASE_EXPIRED, AttemptOutcome.RUNNING,
+    Reason.DEADLINE_EXCEEDED,
 )  # fmt: skip
 HELD_FROM, HELD_PHASE, HELD_REASON = HELD_RETRY
 RECORD_PHASES = (
@@ -223,12 +242,18 @@ class Waiting:
     """An active job as reconciliation sees it."""
 
     uid: UUID
+    namespace: str
+    queue: str
     seq: int
     priority: int
     phase: Phase
     next_attempt_at: datetime | None
     queued_at: datetime | None
     started_at: datetime | None
+
+    @property
+    def queue_id(self) -> str:
+        return QueueRef(self.namespace, self.queue).id
 
 
 @dataclass(frozen=True)
@@ -284,12 +309,15 @@ class Refusal:
 @dataclass(frozen=True)
 class StartBatch:
     """What opening attempts found: rows now Processing, rows dead-lettered because their last
-    attempt lost its lease, rows suspended instead of started, and ids with no active row."""
+    attempt lost its lease or their active deadline passed, rows suspended instead of started, and
+    ids with no active row; and how long each started job had been ready to run, in seconds, where
+    the ledger knows."""
 
     started: list[JobRow]
     exhausted: list[JobRow]
     suspended: list[JobRow]
     stale: list[str]
+    waited: list[float] = field(default_factory=list)
 
 
 class RedriveVerdict(StrEnum):
@@ -376,7 +404,8 @@ class Ledger:
         if not jobs:
             return {}
         columns = zip(*(_new_job_values(job, json.dumps(job.raw_spec)) for job in jobs), strict=True)
-        records = await self.pool.fetch(SQL["admit_many"], *columns, Phase.QUEUED.value)
+        queues = [job.spec.queue for job in jobs]
+        records = await self.pool.fetch(SQL["admit_many"], *columns, Phase.QUEUED.value, queues)
         specs = {job.ref.uid: job.spec for job in jobs}
         return {r["uid"]: to_row(r, specs[r["uid"]]) for r in records}
 
@@ -390,7 +419,7 @@ class Ledger:
         async with self.pool.acquire() as conn:
             for _ in range(5):
                 record = await conn.fetchrow(
-                    SQL["admit"], *_new_job_values(job, raw_spec), Phase.QUEUED.value
+                    SQL["admit"], *_new_job_values(job, raw_spec), Phase.QUEUED.value, spec.queue
                 )
                 if record is not None:
                     return Admission(to_row(record, spec), created=True)
@@ -460,14 +489,19 @@ class Ledger:
         ledger row are stale."""
         records = await self.pool.fetch(SQL["start"], *start_arguments(uids, self.worker_id))
         by_kind: dict[str, list[JobRow]] = {"started": [], "exhausted": [], "suspended": []}
+        waited: list[float] = []
         for record in records:
             by_kind[record["kind"]].append(to_row(record))
+            if record["waited_seconds"] is not None:
+                # A retry's due time came from a worker's clock, which may run ahead of the server's.
+                waited.append(max(0.0, record["waited_seconds"]))
         found = {str(r["uid"]) for r in records}
         return StartBatch(
             by_kind["started"],
             by_kind["exhausted"],
             by_kind["suspended"],
             [u for u in uids if u not in found],
+            waited,
         )
 
     async def record_outcomes(
@@ -570,6 +604,8 @@ class Ledger:
         return [
             Waiting(
                 r["uid"],
+                r["namespace"],
+                r["queue"],
                 r["seq"],
                 r["priority"],
                 Phase(r["phase"]),
@@ -579,6 +615,84 @@ class Ledger:
             )
             for r in records
         ]
+
+    async def lose_queue(self, queue: QueueRef) -> list[JobRow]:
+        """Transition lose_queue for every waiting job of `queue`, which no longer exists; returns
+        the rows it changed (jobs already waiting for it are left as they are)."""
+        records = await self.pool.fetch(
+            SQL["lose_queue"],
+            queue.namespace,
+            queue.name,
+            [p.value for p in WAITING],
+            Phase.QUEUED.value,
+            Reason.QUEUE_NOT_FOUND.value,
+            queue_missing_message(queue.name),
+        )
+        return [to_row(r) for r in records]
+
+    async def find_queue(
+        self, queue: QueueRef, defaults: QueueDefaults, fallback_ttl: int | None = None
+    ) -> list[JobRow]:
+        """Transition find_queue for every job that waited for `queue`, which now exists: each
+        gets the queue's `defaults` for the fields its spec leaves out (then `fallback_ttl`, the
+        operator's, for a TTL neither sets), as a job admitted into the queue would have.
+
+        The specs are filled here rather than in SQL: the ledger keeps them as `json` text, and
+        PostgreSQL's jsonb would rewrite the numbers of their payloads."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            waiters = await conn.fetch(
+                SQL["queue_waiters"],
+                queue.namespace,
+                queue.name,
+                Phase.QUEUED.value,
+                Reason.QUEUE_NOT_FOUND.value,
+            )
+            if not waiters:
+                return []
+            filled = [defaults.fill(json.loads(r["spec"])) for r in waiters]
+            for spec in filled:
+                if spec.get("ttlSecondsAfterFinished") is None and fallback_ttl is not None:
+                    spec["ttlSecondsAfterFinished"] = fallback_ttl
+            parsed = [_parse_or_none(spec) for spec in filled]
+            records = await conn.fetch(
+                SQL["find_queue"],
+                [r["uid"] for r in waiters],
+                [json.dumps(spec) for spec in filled],
+                Reason.QUEUE_FOUND.value,
+                queue_found_message(queue.name),
+                [p.max_attempts if p else 5 for p in parsed],
+                [p.ttl_seconds_after_finished if p else None for p in parsed],
+            )
+        for r in records:
+            _specs.pop(r["uid"], None)  # the cached parse is of the spec before its defaults
+        return [to_row(r) for r in records]
+
+    async def queues_awaited(self) -> dict[QueueRef, bool]:
+        """Each non-default queue that waiting jobs name -> whether some of them wait for it as
+        QueueNotFound (the ledger believes it missing)."""
+        records = await self.pool.fetch(
+            SQL["queues_awaited"],
+            Reason.QUEUE_NOT_FOUND.value,
+            [p.value for p in WAITING],
+            DEFAULT_QUEUE,
+        )
+        found: dict[QueueRef, bool] = {}
+        for r in records:
+            ref = QueueRef(r["namespace"], r["queue"])
+            found[ref] = found.get(ref, False) or bool(r["lost"])
+        return found
+
+    async def dead_lettered_by_queue(self, namespaces: Iterable[str]) -> dict[QueueRef, int]:
+        """Live dead-lettered jobs per queue of `namespaces`."""
+        records = await self.pool.fetch(SQL["queue_counts"], list(namespaces), Phase.DEAD_LETTERED.value)
+        return {QueueRef(r["namespace"], r["queue"]): r["dead_lettered"] for r in records}
+
+    async def oldest_ready_age(self) -> float:
+        """Seconds since the oldest job ready to run (and not started) became ready; 0.0 when none is."""
+        age = await self.pool.fetchval(
+            SQL["oldest_ready"], [p.value for p in WAITING], Reason.QUEUE_NOT_FOUND.value
+        )
+        return max(0.0, age or 0.0)
 
     async def live_uids(self) -> set[UUID]:
         """Jobs the ledger believes have a RelayJob (not deleted), whatever their phase."""

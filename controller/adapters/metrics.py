@@ -16,6 +16,9 @@ from prometheus_client import (
     Info,
 )
 
+# What /readyz checks, each also a `relayjob_backend_up{backend}` series.
+BACKENDS = ("redis", "postgres", "kubernetes")
+
 
 def _version() -> str:
     try:
@@ -53,6 +56,37 @@ class Metrics:
             "relayjob_requeued_total", "Jobs put back into Redis by reconciliation.", registry=r
         )
         self.queue_depth = Gauge("relayjob_queue_depth", "Jobs in Redis by set.", ["set"], registry=r)
+        # Per RelayQueue: labels are the queue's namespace and name, bounded by the queues that
+        # exist (never a job's name or uid).
+        self.queue_jobs = Gauge(
+            "relayjob_queue_jobs",
+            "Jobs of a RelayQueue in Redis by set (ready, delayed, running).",
+            ["namespace", "queue", "set"],
+            registry=r,
+        )
+        self.queue_dispatches = Counter(
+            "relayjob_queue_dispatches_total",
+            "Jobs claimed from a RelayQueue.",
+            ["namespace", "queue"],
+            registry=r,
+        )
+        self.queue_throttled = Counter(
+            "relayjob_queue_throttled_claims_total",
+            "Claims that left a RelayQueue's ready jobs behind for its pause, concurrency cap or rate limit.",
+            ["namespace", "queue"],
+            registry=r,
+        )
+        self.oldest_ready_age = Gauge(
+            "relayjob_oldest_ready_age_seconds",
+            "Age of the oldest job ready to run and not yet started (0 when none is), by the ledger.",
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "relayjob_queue_wait_seconds",
+            "Time from a job being ready to run (admitted, due, or its retry due) to its attempt starting.",
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600),
+            registry=r,
+        )
         self.attempt_seconds = Histogram(
             "relayjob_attempt_duration_seconds",
             "Attempt latency by outcome.",
@@ -87,6 +121,12 @@ class Metrics:
         self.errors = Counter(
             "relayjob_loop_errors_total", "Errors a background loop survived.", ["loop"], registry=r
         )
+        self.backend_up = Gauge(
+            "relayjob_backend_up",
+            "1 when the backend answered the last readiness check (the one /readyz makes), else 0.",
+            ["backend"],
+            registry=r,
+        )
         self.secret_policy_installed = Gauge(
             "relayjob_secret_policy_installed",
             "1 when start-up found the Secret-reference admission policy and its denying binding; "
@@ -101,3 +141,7 @@ class Metrics:
         for pool in ("redis", "postgres"):
             self.pool_in_use.labels(pool)
             self.pool_size.labels(pool)
+        for backend in BACKENDS:
+            self.backend_up.labels(backend)
+        # An alert on increase() misses the first error of a series that starts at 1.
+        self.errors.labels("status")

@@ -8,9 +8,12 @@ parameters from this module, so no phase is written anywhere else.
 
     transition  from                          to                          decided in / run by
     admit       (new)                         Queued, Suspended           admitted / runtime.admission, intake
+    lose_queue  Queued, Retrying              Queued (QueueNotFound)      runtime.queues (queue deleted)
+    find_queue  Queued (QueueNotFound)        Queued (QueueFound)         runtime.queues (queue created)
     refuse      (new)                         Rejected                    core.admission / runtime.admission
     start       Queued, Retrying, Processing  Processing                  ledger / worker, after a claim
     exhaust     Processing (lease lost)       DeadLettered                ledger / worker, after a claim
+    expire      Queued, Retrying, Processing  DeadLettered                ledger / worker, after a claim
     hold        Processing (lease lost)       Suspended                   ledger / worker, after a claim
     record      Processing                    Completed, Retrying,        after_attempt / worker, settling
                                               DeadLettered, Suspended
@@ -21,9 +24,10 @@ parameters from this module, so no phase is written anywhere else.
     cancel      Queued, Retrying, Processing, Cancelled (a finished job   ledger / runtime.admission, deletion
                 Suspended                     keeps its phase)
 
-A job is dead-lettered in three places, and only there: `record` (a permanent failure, or the
-last attempt failed), `exhaust` (the last attempt's worker died) and `cut_off` (the last attempt
-was stopped at shutdown). Nothing leaves Completed, Rejected or Cancelled.
+A job is dead-lettered in four places, and only there: `record` (a permanent failure, the last
+attempt failed, or its retry would start after the active deadline), `exhaust` (the last attempt's
+worker died), `expire` (claimed after its active deadline) and `cut_off` (the last attempt was
+stopped at shutdown). Nothing leaves Completed, Rejected or Cancelled.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Transition(StrEnum):
     REFUSE = "refuse"
     START = "start"
     EXHAUST = "exhaust"
+    EXPIRE = "expire"
     HOLD = "hold"
     RECORD = "record"
     CUT_OFF = "cut_off"
@@ -54,6 +59,8 @@ class Transition(StrEnum):
     RESUME = "resume"
     REDRIVE = "redrive"
     CANCEL = "cancel"
+    LOSE_QUEUE = "lose_queue"
+    FIND_QUEUE = "find_queue"
 
 
 @dataclass(frozen=True)
@@ -75,8 +82,14 @@ ACTIVE = frozenset({Phase.QUEUED, Phase.RETRYING, Phase.PROCESSING})
 
 EDGES: dict[Transition, Edge] = {
     Transition.ADMIT: _edge(
-        {None}, {Phase.QUEUED, Phase.SUSPENDED}, {Reason.ADMITTED, Reason.DELAYED, Reason.SUSPENDED}
+        {None},
+        {Phase.QUEUED, Phase.SUSPENDED},
+        {Reason.ADMITTED, Reason.DELAYED, Reason.SUSPENDED, Reason.QUEUE_NOT_FOUND},
     ),
+    # A job whose RelayQueue is gone waits as Queued (its backoff, if any, still counts in Redis)
+    # until a queue of that name exists again; nothing claims it meanwhile.
+    Transition.LOSE_QUEUE: _edge(WAITING, {Phase.QUEUED}, {Reason.QUEUE_NOT_FOUND}),
+    Transition.FIND_QUEUE: _edge({Phase.QUEUED}, {Phase.QUEUED}, {Reason.QUEUE_FOUND}),
     Transition.REFUSE: _edge(
         {None},
         {Phase.REJECTED},
@@ -91,6 +104,8 @@ EDGES: dict[Transition, Edge] = {
     # Processing here means the lease of the attempt running was lost: its worker died or froze.
     Transition.START: _edge({*WAITING, Phase.PROCESSING}, {Phase.PROCESSING}, {Reason.STARTED}),
     Transition.EXHAUST: _edge({Phase.PROCESSING}, {Phase.DEAD_LETTERED}, {Reason.ATTEMPTS_EXHAUSTED}),
+    # spec.activeDeadlineSeconds: no attempt starts after it (a lost lease's job included).
+    Transition.EXPIRE: _edge({*WAITING, Phase.PROCESSING}, {Phase.DEAD_LETTERED}, {Reason.DEADLINE_EXCEEDED}),
     Transition.HOLD: _edge({Phase.PROCESSING}, {Phase.SUSPENDED}, {Reason.SUSPENDED}),
     Transition.RECORD: _edge(
         {Phase.PROCESSING},
@@ -100,6 +115,7 @@ EDGES: dict[Transition, Edge] = {
             Reason.RETRY_SCHEDULED,
             Reason.PERMANENT_FAILURE,
             Reason.ATTEMPTS_EXHAUSTED,
+            Reason.DEADLINE_EXCEEDED,
             Reason.SUSPENDED,
         },
     ),
@@ -134,17 +150,28 @@ class Decision:
     error: str | None = None
 
 
+def queue_missing_message(queue: str) -> str:
+    return f"RelayQueue {queue!r} does not exist in this namespace: the job waits until it does"
+
+
+def queue_found_message(queue: str) -> str:
+    return f"RelayQueue {queue!r} exists: the job waits for its turn in it"
+
+
 def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def admitted(spec: RelayJobSpec, created: datetime, now: datetime) -> Decision:
+def admitted(spec: RelayJobSpec, created: datetime, now: datetime, queue_found: bool = True) -> Decision:
     """`admit`: the first phase of a job whose spec was accepted. `created` is the RelayJob's
-    creationTimestamp, from which `delaySeconds` counts."""
+    creationTimestamp, from which `delaySeconds` counts; `queue_found` says whether the RelayQueue
+    the job names exists (the namespace's `default` always does)."""
     start = spec.earliest_start(created)
     later = start if start > now else None
     if spec.suspend:  # resumed, it still waits for notBefore / delaySeconds
         return Decision(Phase.SUSPENDED, Reason.SUSPENDED, "spec.suspend is true", later)
+    if not queue_found:
+        return Decision(Phase.QUEUED, Reason.QUEUE_NOT_FOUND, queue_missing_message(spec.queue), later)
     if later is not None:
         shown = later.astimezone(UTC)
         return Decision(Phase.QUEUED, Reason.DELAYED, f"not before {shown:%Y-%m-%dT%H:%M:%SZ}", later)
@@ -187,11 +214,25 @@ def after_attempt(
         )
     kwargs = {} if rand is None else {"rand": rand}
     delay = retry_delay(row.spec.backoff, row.retries, result.retry_after_seconds, **kwargs)
+    retry_at = now + timedelta(seconds=delay)
+    if row.deadline_at is not None and retry_at > row.deadline_at:
+        # A retry that could never start: dead-lettered now rather than when it is claimed.
+        deadline = row.deadline_at.astimezone(UTC)
+        return Decision(
+            Phase.DEAD_LETTERED,
+            Reason.DEADLINE_EXCEEDED,
+            clip(
+                f"attempt {attempt} failed ({error}); its retry, due in {delay:.1f}s, would start after "
+                f"spec.activeDeadlineSeconds runs out at {deadline:%Y-%m-%dT%H:%M:%SZ}"
+            ),
+            result=result.result or None,
+            error=error,
+        )
     return Decision(
         Phase.RETRYING,
         Reason.RETRY_SCHEDULED,
         clip(f"attempt {attempt} failed ({error}); retrying in {delay:.1f}s"),
-        next_attempt_at=now + timedelta(seconds=delay),
+        next_attempt_at=retry_at,
         error=error,
     )
 

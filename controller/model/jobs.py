@@ -11,7 +11,8 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.model.phases import Phase
-from controller.model.spec import RelayJobSpec
+from controller.model.queues import QueueRef
+from controller.model.spec import DEFAULT_QUEUE, RelayJobSpec
 
 
 class JobRef(BaseModel):
@@ -63,6 +64,8 @@ class JobRow(BaseModel):
     queued_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    # spec.activeDeadlineSeconds after the run's first attempt started: no attempt starts later.
+    deadline_at: datetime | None = None
     run: int = 1
     version: int = 1
     deleted: bool = False
@@ -70,6 +73,12 @@ class JobRow(BaseModel):
     # job in the queue; `suspend` holds it back from its next attempt.
     priority: int = 0
     suspend: bool = False
+    queue: str = DEFAULT_QUEUE
+
+    @property
+    def queue_id(self) -> str:
+        """The job's queue as Redis and the metrics name it: `<namespace>/<queue>`."""
+        return QueueRef(self.ref.namespace, self.queue).id
 
     @property
     def fence(self) -> FencingToken:
@@ -140,6 +149,16 @@ class ClusterApi(Protocol):
     async def list_job_uids(self, namespaces: Iterable[str]) -> set[UUID]: ...
 
     async def delete_job(self, ref: JobRef) -> bool: ...
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool: ...
+
+    async def list_queues(self, namespaces: Iterable[str]) -> list[dict[str, Any]]: ...
+
+    async def get_queue(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def patch_queue_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool: ...
+
+    async def post_queue_event(self, ref: JobRef, kind: str, reason: str, message: str) -> None: ...
 
     async def ping(self) -> None: ...
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NULLIFIER_PATTERN = r"^[A-Za-z0-9_:.\-]{1,128}$"
 DEFAULT_PAYLOAD_LIMIT_BYTES = 64 * 1024
+DEFAULT_QUEUE = "default"
+QUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a DNS-1123 label, as object names are
 
 
 class _Spec(BaseModel):
@@ -32,11 +34,33 @@ class HeaderFrom(_Spec):
     secret_key_ref: SecretKeyRef = Field(alias="secretKeyRef")
 
 
+class Signing(_Spec):
+    """Standard Webhooks signing: the Secret key holds the `whsec_`-prefixed base64 signing key."""
+
+    secret_key_ref: SecretKeyRef = Field(alias="secretKeyRef")
+
+
+CAPTURE_MAX_BYTES = 4096
+
+
+class CaptureResponse(_Spec):
+    max_bytes: int = Field(ge=1, le=CAPTURE_MAX_BYTES, alias="maxBytes")
+
+
+HttpStatus = Annotated[int, Field(ge=100, le=599)]
+
+
 class HttpTarget(_Spec):
     url: str = Field(min_length=1, max_length=2048)
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     headers: dict[str, str] = Field(default_factory=dict)
     headers_from: list[HeaderFrom] = Field(default_factory=list, alias="headersFrom")
+    signing: Signing | None = None
+    # None: the default list (408, 429, 5xx); a list given replaces it, an empty one included.
+    retryable_statuses: list[HttpStatus] | None = Field(
+        default=None, max_length=50, alias="retryableStatuses"
+    )
+    capture_response: CaptureResponse | None = Field(default=None, alias="captureResponse")
 
 
 class NoopTarget(_Spec):
@@ -72,6 +96,12 @@ class Target(BaseModel):
         return (self.model_extra or {}).get(name)
 
 
+class Callback(_Spec):
+    """Where a finished job's outcome is sent: delivered as a RelayJob of its own (core.callbacks)."""
+
+    http: HttpTarget
+
+
 class Backoff(_Spec):
     initial_seconds: float = Field(default=1.0, gt=0, le=86400, alias="initialSeconds")
     max_seconds: float = Field(default=300.0, gt=0, le=86400, alias="maxSeconds")
@@ -90,7 +120,14 @@ class RelayJobSpec(_Spec):
     timeout_seconds: float = Field(default=30.0, gt=0, le=3600, alias="timeoutSeconds")
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0, alias="ttlSecondsAfterFinished")
     suspend: bool = False
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, alias="activeDeadlineSeconds"
+    )
+    # The RelayQueue (same namespace) whose limits the job waits under; `default` needs no object.
+    queue: str = Field(default=DEFAULT_QUEUE, pattern=QUEUE_NAME_PATTERN)
     target: Target
+    on_completion: Callback | None = Field(default=None, alias="onCompletion")
+    on_failure: Callback | None = Field(default=None, alias="onFailure")
 
     @model_validator(mode="after")
     def _one_start_rule(self) -> RelayJobSpec:

@@ -7,6 +7,7 @@ watch also delivers our own status patches. `forget` handles deletion.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -24,14 +25,20 @@ from controller.core.status import status_agrees
 from controller.core.transitions import admitted
 from controller.model.jobs import JobRef, JobRow
 from controller.model.phases import Phase, Reason
+from controller.model.queues import IMPLICIT, RelayQueueSpec
+from controller.model.spec import DEFAULT_QUEUE, QUEUE_NAME_PATTERN, RelayJobSpec
 from controller.runtime.events import EventPoster
 from controller.runtime.intake import Intake
 from controller.runtime.logs import job_fields
+from controller.runtime.queues import Queues
 from controller.runtime.status import StatusWriter
 from controller.runtime.worker import Worker
 
 log = logging.getLogger("relayjob.admission")
 REDRIVE_ANNOTATION = "relay.dev/redrive"
+QUEUE_NAME = re.compile(QUEUE_NAME_PATTERN)
+# The immutable fields a queue's defaults fill in: a later generation keeps them as admitted.
+ADMITTED_DEFAULTS = {"max_attempts", "backoff", "timeout_seconds"}
 
 
 def status_written_by_another(meta: Mapping[str, Any]) -> bool:
@@ -49,17 +56,20 @@ def status_written_by_another(meta: Mapping[str, Any]) -> bool:
     return False
 
 
-def placement_for(uid: UUID, priority: int, seq: int, next_attempt_at: datetime | None) -> Placement:
-    """Where the ledger says a waiting job belongs in Redis."""
+def placement_for(
+    uid: UUID, priority: int, seq: int, next_attempt_at: datetime | None, queue: str
+) -> Placement:
+    """Where the ledger says a waiting job belongs in Redis; `queue` is the queue's id."""
     return Placement(
         uid=str(uid),
         score=ready_score(priority, seq),
         ready_at_ms=int(next_attempt_at.timestamp() * 1000) if next_attempt_at else 0,
+        queue=queue,
     )
 
 
 def placement(row: JobRow) -> Placement:
-    return placement_for(row.ref.uid, row.priority, row.seq, row.next_attempt_at)
+    return placement_for(row.ref.uid, row.priority, row.seq, row.next_attempt_at, row.queue_id)
 
 
 def _created(meta: Mapping[str, Any]) -> datetime:
@@ -79,6 +89,7 @@ class Admissions:
         status: StatusWriter,
         events: EventPoster,
         metrics: Metrics,
+        queues: Queues,
         payload_limit: int,
         default_ttl_seconds: int | None = None,
     ) -> None:
@@ -88,6 +99,7 @@ class Admissions:
         self.status = status
         self.events = events
         self.metrics = metrics
+        self.queues = queues
         self.payload_limit = payload_limit
         self.default_ttl_seconds = default_ttl_seconds
         self._seen: dict[UUID, tuple[int, str | None]] = {}
@@ -100,10 +112,6 @@ class Admissions:
         meta = body.get("metadata") or {}
         ref = JobRef(uid=UUID(meta["uid"]), namespace=meta["namespace"], name=meta["name"])
         spec = dict(body.get("spec") or {})
-        if spec.get("ttlSecondsAfterFinished") is None and self.default_ttl_seconds is not None:
-            # The operator's default stands in for a TTL the job does not set, at admission and at
-            # every later generation alike, so that a change of priority does not drop it.
-            spec["ttlSecondsAfterFinished"] = self.default_ttl_seconds
         generation = int(meta.get("generation") or 1)
         redrive = (meta.get("annotations") or {}).get(REDRIVE_ANNOTATION)
         key = (generation, redrive)
@@ -117,7 +125,11 @@ class Admissions:
         row = await self.ledger.get(ref.uid) if ref.uid in self._seen else None
         created = False
         if row is None:
-            row, created = await self._admit(ref, spec, generation, _created(meta))
+            queue = await self._queue_of(ref, spec)
+            spec = self._defaulted(spec, queue)
+            row, created = await self._admit(ref, spec, generation, _created(meta), queue is not None)
+        else:
+            spec = self._defaulted(spec, await self._queue_of(ref, spec), row.spec_or_none)
         if not created:
             followed = await self._follow(row, spec, generation, redrive)
             if status_written_by_another(meta):
@@ -129,13 +141,41 @@ class Admissions:
                 self.status.mark([ref.uid])
         self._seen[ref.uid] = key
 
+    async def _queue_of(self, ref: JobRef, spec: Mapping[str, Any]) -> RelayQueueSpec | None:
+        """The spec of the RelayQueue the job names, None when it does not exist. A queue name
+        the schema would refuse is left to admission, which rejects the spec."""
+        name = spec.get("queue") or DEFAULT_QUEUE
+        if not isinstance(name, str) or not QUEUE_NAME.match(name):
+            return IMPLICIT
+        return await self.queues.spec_for(ref.namespace, name)
+
+    def _defaulted(
+        self, spec: dict[str, Any], queue: RelayQueueSpec | None, admitted: RelayJobSpec | None = None
+    ) -> dict[str, Any]:
+        """`spec` with the defaults for the fields it leaves out: the queue's, then the operator's
+        TTL. A later generation keeps the immutable fields as they were admitted (the queue's
+        defaults may have changed since); the TTL, which may change, follows the defaults. A new
+        job whose queue does not exist yet is left as it is: it takes the queue's defaults when
+        the queue appears (`Ledger.find_queue`)."""
+        if admitted is not None:
+            spec = {**admitted.model_dump(by_alias=True, include=ADMITTED_DEFAULTS), **spec}
+        elif queue is None:
+            return spec
+        if queue is not None:
+            spec = queue.defaults.fill(spec)
+        if spec.get("ttlSecondsAfterFinished") is None and self.default_ttl_seconds is not None:
+            # The operator's default stands in for a TTL neither the job nor its queue sets, at
+            # admission and at every later generation alike, so a change of priority keeps it.
+            spec["ttlSecondsAfterFinished"] = self.default_ttl_seconds
+        return spec
+
     def _repair(self, ref: JobRef) -> None:
         log.warning("status disagrees with the ledger; rewriting it", extra=job_fields(ref))
         self.metrics.status_repairs.inc()
         self.status.repair([ref.uid])
 
     async def _admit(
-        self, ref: JobRef, raw: dict[str, Any], generation: int, created: datetime
+        self, ref: JobRef, raw: dict[str, Any], generation: int, created: datetime, queue_found: bool
     ) -> tuple[JobRow, bool]:
         """Record the job (or find it recorded); True when this call created its ledger row."""
         verdict = admit(raw, self.payload_limit, self.worker.executors.keys())
@@ -146,7 +186,7 @@ class Admissions:
             )
         else:
             spec = verdict.spec
-            first = admitted(spec, created, datetime.now(UTC))
+            first = admitted(spec, created, datetime.now(UTC), queue_found)
             job = NewJob(
                 ref, spec, raw, generation, first.phase, first.reason, first.message, first.next_attempt_at
             )
@@ -169,6 +209,8 @@ class Admissions:
                 self.events.post(ref, "Warning", row.reason or "Rejected", row.message or "rejected")
             else:
                 log.info("job admitted", extra=job_fields(ref) | {"phase": row.phase.value})
+                if row.reason == Reason.QUEUE_NOT_FOUND:
+                    self.events.post(ref, "Warning", Reason.QUEUE_NOT_FOUND, row.message or "")
         if not placed:
             if row.phase is Phase.QUEUED and not row.deleted:
                 await self.queue.place([placement(row)], int(time.time() * 1000))

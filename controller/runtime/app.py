@@ -19,15 +19,19 @@ import redis.exceptions
 
 from controller.adapters import ledger as ledger_mod
 from controller.adapters import queue as queue_mod
+from controller.adapters.callback_ledger import CallbackLedger
 from controller.adapters.executors.http import HttpConfig
 from controller.adapters.executors.registry import load_executors
 from controller.adapters.kube import Credentials, KubeClient, KubeError
 from controller.adapters.metrics import Metrics
 from controller.model.jobs import ClusterApi, Executor
 from controller.runtime.admission import Admissions
+from controller.runtime.callbacks import Callbacks
 from controller.runtime.events import EventPoster
 from controller.runtime.maintenance import Maintenance
-from controller.runtime.retry import Throttle
+from controller.runtime.queues import Queues
+from controller.runtime.retry import Throttle, throttled
+from controller.runtime.schedules import Schedules
 from controller.runtime.secret_policy import SecretPolicy, announce, inspect
 from controller.runtime.status import StatusWriter
 from controller.runtime.worker import Worker
@@ -42,6 +46,7 @@ class StartupError(Exception):
 
 T = TypeVar("T")
 KUBE_SPARE_CONNECTIONS = 16
+BACKEND_CHECK_SECONDS = 5.0
 # Worth waiting for: the server is not (yet) there. Everything else is a misconfiguration.
 _WAIT_FOR = (
     OSError,
@@ -201,10 +206,14 @@ class App:
     events: EventPoster
     worker: Worker
     admissions: Admissions
+    queues: Queues
     maintenance: Maintenance
+    callbacks: Callbacks
     identity: str
     # What start-up found of the Secret-reference admission policy; None when not looked for.
     secret_policy: SecretPolicy | None = None
+    # RelaySchedules need the real API client (`start`); a process assembled without one has none.
+    schedules: Schedules | None = None
 
     @classmethod
     async def start(cls, settings: Settings, login: Callable[[], Credentials]) -> App:
@@ -227,6 +236,7 @@ class App:
             raise StartupError(refusal)
         app = await cls.assemble(settings, kube, identity)
         app.secret_policy = policy
+        app.schedules = Schedules(kube)
         app.metrics.secret_policy_installed.set(1 if policy.installed else 0)
         return app
 
@@ -252,6 +262,13 @@ class App:
             quiet_seconds=settings.status_quiet_seconds,
         )
         events = EventPoster(kube, metrics, settings.events_per_second)
+        callbacks = Callbacks(
+            kube=kube,
+            ledger=CallbackLedger(pool),
+            events=events,
+            metrics=metrics,
+            namespaces=settings.namespaces,
+        )
         worker = Worker(
             settings=settings,
             queue=queue,
@@ -260,6 +277,18 @@ class App:
             status=status,
             events=events,
             metrics=metrics,
+            callbacks=callbacks,
+        )
+        queues = Queues(
+            kube=kube,
+            queue=queue,
+            ledger=ledger,
+            status=status,
+            worker=worker,
+            events=events,
+            metrics=metrics,
+            namespaces=settings.namespaces,
+            default_ttl_seconds=settings.default_ttl_seconds_after_finished,
         )
         admissions = Admissions(
             ledger=ledger,
@@ -268,6 +297,7 @@ class App:
             status=status,
             events=events,
             metrics=metrics,
+            queues=queues,
             payload_limit=settings.payload_limit_bytes,
             default_ttl_seconds=settings.default_ttl_seconds_after_finished,
         )
@@ -282,6 +312,9 @@ class App:
             interval=settings.reconcile_interval_seconds,
             retention_seconds=settings.ledger_retention_days * 86400,
             forget=admissions.forget,
+            queues=queues,
+            queue_status_seconds=settings.queue_status_seconds,
+            callbacks=callbacks,
         )
         return cls(
             settings=settings,
@@ -296,7 +329,9 @@ class App:
             events=events,
             worker=worker,
             admissions=admissions,
+            queues=queues,
             maintenance=maintenance,
+            callbacks=callbacks,
             identity=identity,
         )
 
@@ -304,7 +339,13 @@ class App:
         """The background work of the process; returns only by cancellation, which comes after
         `drain` on a graceful shutdown."""
         await asyncio.gather(
-            self.status.run(), self.worker.run(), self.maintenance.run(), self._pool_gauges()
+            self.status.run(),
+            self.worker.run(),
+            self.callbacks.run(),
+            self.maintenance.run(),
+            self._pool_gauges(),
+            self._backend_gauges(),
+            *([self.schedules.run()] if self.schedules else []),
         )
 
     async def _pool_gauges(self) -> None:
@@ -316,9 +357,17 @@ class App:
             self.metrics.pool_size.labels("postgres").set(self.pool.get_size())
             await asyncio.sleep(2)
 
+    async def _backend_gauges(self) -> None:
+        # /readyz refreshes them too, but only when something probes it.
+        throttle = Throttle(BACKEND_CHECK_SECONDS, BACKEND_CHECK_SECONDS)
+        while True:
+            async with throttled(throttle, self.metrics, "backends", errors=(Exception,), logger=log):
+                await self.ping()
+            await asyncio.sleep(BACKEND_CHECK_SECONDS)
+
     async def ping(self, timeout: float = 0.8) -> dict[str, str]:
-        """Readiness of each dependency, for /readyz: checked at once and each bounded, so the
-        answer comes within the kubelet's default one-second probe timeout."""
+        """Readiness of each dependency, for /readyz and `relayjob_backend_up`: checked at once and
+        each bounded, so the answer comes within the kubelet's default one-second probe timeout."""
 
         async def check(name: str, probe: Callable[[], Awaitable[object]]) -> tuple[str, str]:
             try:
@@ -336,6 +385,8 @@ class App:
             check("postgres", lambda: self.pool.fetchval("SELECT 1")),
             check("kubernetes", self.kube.ping),
         )
+        for name, state in results:
+            self.metrics.backend_up.labels(name).set(1 if state == "ok" else 0)
         return dict(results)
 
     async def drain(self, grace_ends: float, gives_up: float) -> None:

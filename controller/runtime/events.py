@@ -27,17 +27,20 @@ class EventPoster:
         self._budget = EventBudget.full(per_second, time.monotonic())
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def post(self, ref: JobRef, kind: str, reason: str, message: str) -> None:
+    def post(self, ref: JobRef, kind: str, reason: str, message: str, *, queue: bool = False) -> None:
+        """An Event on the RelayJob `ref` (on the RelayQueue `ref` with `queue`), within the
+        process's Event budget: past it the Event is dropped and counted."""
         if not self._budget.take(time.monotonic(), warning=kind == "Warning"):
             self._metrics.events_dropped.inc()
             return
-        task = asyncio.create_task(self._send(ref, kind, reason, message))
+        task = asyncio.create_task(self._send(ref, kind, reason, message, queue))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, ref: JobRef, kind: str, reason: str, message: str) -> None:
+    async def _send(self, ref: JobRef, kind: str, reason: str, message: str, queue: bool) -> None:
         try:
-            await self._kube.post_event(ref, kind, reason, message)
+            send = self._kube.post_queue_event if queue else self._kube.post_event
+            await send(ref, kind, reason, message)
             self._metrics.events.labels(reason).inc()
         except KubeError as error:
             log.warning("could not post Event %s: %s", reason, error, extra=job_fields(ref))

@@ -12,6 +12,12 @@ when something was lost. (The per-object reconcile of a RelayJob is `Admissions.
   ledger with their attempts, a small batch per statement with a pause between, so the hot path's
   statements never queue behind a long delete.
 - `gauges`: the depth of each Redis set, for `relayjob_queue_depth`.
+- `queues`: RelayQueues listed from the API server against Redis's limits and the ledger's
+  QueueNotFound jobs (`runtime.queues`); `queue_status`: each known RelayQueue's status.
+- `callbacks`: callback jobs owed by finished jobs whose outcome was recorded by a process that
+  stopped before creating them (`runtime.callbacks`).
+- `oldest`: the age of the oldest job ready to run, from the ledger (a scan of the backlog, so less
+  often), for `relayjob_oldest_ready_age_seconds`.
 
 A pass that fails for a server error is logged, counted (`relayjob_loop_errors_total{loop=...}`)
 and tried again at its next period; nothing else stops the loops.
@@ -31,8 +37,10 @@ from controller.adapters.queue import Queue
 from controller.model.jobs import ClusterApi
 from controller.model.phases import Phase
 from controller.runtime.admission import placement_for
+from controller.runtime.callbacks import Callbacks
 from controller.runtime.clock import epoch_ms
 from controller.runtime.logs import job_fields
+from controller.runtime.queues import Queues
 from controller.runtime.retry import Throttle, throttled
 from controller.runtime.status import StatusWriter
 
@@ -43,6 +51,7 @@ ADMISSION_GRACE_SECONDS = 2.0
 STATUS_REPAIR_GRACE_SECONDS = 10.0
 PRUNE_BATCH = 500
 PRUNE_PAUSE_SECONDS = 0.2
+OLDEST_READY_SECONDS = 5.0
 
 
 class Maintenance:
@@ -59,6 +68,9 @@ class Maintenance:
         interval: float,
         retention_seconds: float,
         forget: Callable[[UUID], Awaitable[None]],
+        queues: Queues,
+        queue_status_seconds: float,
+        callbacks: Callbacks,
     ) -> None:
         self.ledger = ledger
         self.queue = queue
@@ -70,6 +82,10 @@ class Maintenance:
         self.interval = interval
         self.retention_seconds = retention_seconds
         self.forget = forget
+        self.queues = queues
+        self.queue_status_seconds = queue_status_seconds
+        self._queue_series: set[str] = set()
+        self.callbacks = callbacks
 
     async def rebuild(self) -> int:
         """Put missing active jobs back; returns how many were re-queued."""
@@ -90,7 +106,7 @@ class Maintenance:
         # a moment ago may not have reached Redis yet; its admission is placing it right now.
         fresh = now - timedelta(seconds=ADMISSION_GRACE_SECONDS)
         items = [
-            placement_for(r.uid, r.priority, r.seq, r.next_attempt_at)
+            placement_for(r.uid, r.priority, r.seq, r.next_attempt_at, r.queue_id)
             for r in rows
             if r.uid in live
             and (r.phase is not Phase.PROCESSING or (r.started_at or cutoff) <= cutoff)
@@ -149,6 +165,19 @@ class Maintenance:
         depth = await self.queue.depth()
         for name in ("ready", "delayed", "leased", "dead"):
             self.metrics.queue_depth.labels(name).set(getattr(depth, name))
+        by_queue = await self.queue.queue_depths()
+        for qid in self._queue_series - by_queue.keys():
+            # A queue with nothing left in Redis leaves the metrics, so deleted queues do not linger.
+            for name in ("ready", "delayed", "running"):
+                self.metrics.queue_jobs.remove(*qid.split("/", 1), name)
+        for qid, counts in by_queue.items():
+            namespace, queue = qid.split("/", 1)
+            for name in ("ready", "delayed", "running"):
+                self.metrics.queue_jobs.labels(namespace, queue, name).set(getattr(counts, name))
+        self._queue_series = set(by_queue)
+
+    async def oldest(self) -> None:
+        self.metrics.oldest_ready_age.set(await self.ledger.oldest_ready_age())
 
     async def run(self) -> None:
         await asyncio.gather(
@@ -158,6 +187,10 @@ class Maintenance:
             self._every("statuses", self.interval, self.repair_statuses),
             self._every("prune", self.interval, self.prune),
             self._every("gauges", 2.0, self.gauges),
+            self._every("queues", self.interval, self.queues.reconcile),
+            self._every("queue_status", self.queue_status_seconds, self.queues.write_statuses),
+            self._every("callbacks", self.interval, self.callbacks.sweep),
+            self._every("oldest", OLDEST_READY_SECONDS, self.oldest),
         )
 
     async def _every(self, loop: str, period: float, action: Callable[[], Awaitable[object]]) -> None:

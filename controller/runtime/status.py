@@ -27,7 +27,7 @@ from controller.adapters.kube import KubeError
 from controller.adapters.metrics import Metrics
 from controller.core.status import status_document
 from controller.model.jobs import ClusterApi, JobRow
-from controller.model.phases import Phase
+from controller.model.phases import Phase, Reason
 from controller.runtime.logs import job_fields
 from controller.runtime.retry import Throttle, throttled
 
@@ -46,10 +46,11 @@ class StatusLedger(Protocol):
 
 
 def _about_to_change(row: JobRow) -> bool:
-    """Queued and ready to run, or running: a state the job is expected to leave within moments."""
+    """Queued and ready to run, or running: a state the job is expected to leave within moments.
+    (A job waiting for its RelayQueue to exist is not: the user should see why at once.)"""
     if row.phase is Phase.PROCESSING:
         return True
-    return row.phase is Phase.QUEUED and row.next_attempt_at is None
+    return row.phase is Phase.QUEUED and row.next_attempt_at is None and row.reason != Reason.QUEUE_NOT_FOUND
 
 
 class StatusWriter:

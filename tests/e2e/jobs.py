@@ -47,3 +47,20 @@ def wait_all(kube: Any, ns: str, phase: str, count: int, timeout: float) -> list
             phases = sorted({i.get("status", {}).get("phase", "-") for i in items})
             raise AssertionError(f"{len(done)} of {count} are {phase}; phases seen: {phases}")
         time.sleep(1)
+
+
+def wait_for(what: str, check: Any, timeout: float = 60) -> Any:
+    """`check()`'s first truthy answer, polled every 0.3 s; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+    return found
+
+
+def events(kube: Any, ns: str, name: str) -> list[dict[str, Any]]:
+    """The Events about the object `name` in namespace `ns`."""
+    out = kube.kubectl(
+        "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+    )
+    return list(json.loads(out.stdout)["items"])

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from devtools.operator_process import OperatorProcess
-from tests.e2e.jobs import apply, get, wait_all, wait_phase
+from tests.e2e.jobs import apply, events, get, wait_all, wait_for, wait_phase
 from tests.support.target import Target
 
 pytestmark = pytest.mark.e2e
@@ -33,25 +33,10 @@ def patch(kube: Any, ns: str, name: str, spec: dict[str, Any], check: bool = Tru
     return kube.kubectl("patch", "-n", ns, f"rj/{name}", "--type=merge", "-p", body, check=check)
 
 
-def events(kube: Any, ns: str, name: str) -> list[dict[str, Any]]:
-    out = kube.kubectl(
-        "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}", "-o", "json"
-    )
-    return list(json.loads(out.stdout)["items"])
-
-
 def metric(op: OperatorProcess, name: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{op.port}/metrics", timeout=5) as answer:
         text = answer.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
-
-
-def wait_for(what: str, check: Any, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-    return found
 
 
 def test_immutable_fields_are_refused_and_allowed_ones_are_observed(

@@ -411,8 +411,10 @@ def granted(rules: list[dict[str, Any]]) -> dict[tuple[str, tuple[str, ...]], se
 
 def assert_least_privilege(rules: list[dict[str, Any]], peering_resource: str, peering: str) -> None:
     writes_allowed = {
-        ("relayjobs.relay.dev", ()): {"delete"},
+        ("relayjobs.relay.dev", ()): {"create", "delete"},
         ("relayjobs/status.relay.dev", ()): {"patch"},
+        ("relayqueues/status.relay.dev", ()): {"patch"},
+        ("relayschedules/status.relay.dev", ()): {"patch"},
         ("events", ()): {"create"},
         (f"{peering_resource}.kopf.dev", (peering,)): {"patch"},
     }
@@ -453,6 +455,26 @@ def needed_in(namespace: str, peering_resource: str, peering: str) -> list[tuple
         (True, f"watch relayjobs.relay.dev {n}"),
         (True, f"delete relayjobs.relay.dev {n}"),
         (True, f"patch relayjobs.relay.dev --subresource=status {n}"),
+        (True, f"get relayqueues.relay.dev/anything {n}"),
+        (True, f"list relayqueues.relay.dev {n}"),
+        (True, f"watch relayqueues.relay.dev {n}"),
+        (True, f"patch relayqueues.relay.dev --subresource=status {n}"),
+        (False, f"create relayqueues.relay.dev {n}"),
+        (False, f"update relayqueues.relay.dev {n}"),
+        (False, f"patch relayqueues.relay.dev {n}"),
+        (False, f"delete relayqueues.relay.dev {n}"),
+        (False, f"deletecollection relayqueues.relay.dev {n}"),
+        (False, f"update relayqueues.relay.dev --subresource=status {n}"),
+        (True, f"get relayschedules.relay.dev/anything {n}"),
+        (True, f"list relayschedules.relay.dev {n}"),
+        (True, f"watch relayschedules.relay.dev {n}"),
+        (True, f"patch relayschedules.relay.dev --subresource=status {n}"),
+        (False, f"create relayschedules.relay.dev {n}"),
+        (False, f"update relayschedules.relay.dev {n}"),
+        (False, f"patch relayschedules.relay.dev {n}"),
+        (False, f"delete relayschedules.relay.dev {n}"),
+        (False, f"update relayschedules.relay.dev --subresource=status {n}"),
+        (False, f"update relayschedules.relay.dev --subresource=finalizers {n}"),
         (True, f"create events {n}"),
         (True, f"get secrets/anything {n}"),
         (False, f"list secrets {n}"),
@@ -460,7 +482,7 @@ def needed_in(namespace: str, peering_resource: str, peering: str) -> list[tuple
         (False, f"create secrets {n}"),
         (False, f"update secrets {n}"),
         (False, f"delete secrets {n}"),
-        (False, f"create relayjobs.relay.dev {n}"),
+        (True, f"create relayjobs.relay.dev {n}"),
         (False, f"update relayjobs.relay.dev {n}"),
         (False, f"patch relayjobs.relay.dev {n}"),
         (False, f"deletecollection relayjobs.relay.dev {n}"),
@@ -599,7 +621,12 @@ def test_rendered_network_policy_is_accepted_by_the_api_server(cluster: KubeTool
 
 def test_cluster_mode_installs_crds_and_rbac(cluster: KubeTools, cluster_release: Release) -> None:
     release = cluster_release
-    for crd in ("relayjobs.relay.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
+    for crd in (
+        "relayjobs.relay.dev",
+        "relayqueues.relay.dev",
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    ):
         cluster.kubectl("get", "crd", crd)
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
     ns = ("-n", release.namespace)
@@ -709,6 +736,8 @@ def test_cluster_mode_rbac_is_least_privilege(
         [
             (True, "list relayjobs.relay.dev --all-namespaces"),
             (True, "watch relayjobs.relay.dev --all-namespaces"),
+            (True, "list relayqueues.relay.dev --all-namespaces"),
+            (True, "watch relayqueues.relay.dev --all-namespaces"),
             (True, "list clusterkopfpeerings.kopf.dev"),
             (True, "watch clusterkopfpeerings.kopf.dev"),
             (True, f"patch clusterkopfpeerings.kopf.dev/{release.peering}"),
@@ -822,6 +851,7 @@ def test_namespaced_mode_rbac_is_least_privilege(
         kubeconfig,
         [
             (False, "list relayjobs.relay.dev --all-namespaces"),
+            (False, "list relayqueues.relay.dev --all-namespaces"),
             (False, "list customresourcedefinitions.apiextensions.k8s.io"),
             (False, "list namespaces"),
             (False, "watch namespaces"),
@@ -840,7 +870,12 @@ def test_uninstall_keeps_the_crds_and_the_relayjobs(cluster: KubeTools, cluster_
     apply(cluster, namespace, relayjob("survivor", {"noop": {}}))
     before = json.loads(cluster.kubectl("get", "relayjobs", "-A", "-o", "json").stdout)["items"]
     cluster.helm("uninstall", release.name, "-n", release.namespace)
-    for crd in ("relayjobs.relay.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
+    for crd in (
+        "relayjobs.relay.dev",
+        "relayqueues.relay.dev",
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    ):
         cluster.kubectl("get", "crd", crd)
     after = json.loads(cluster.kubectl("get", "relayjobs", "-A", "-o", "json").stdout)["items"]
     assert {(j["metadata"]["namespace"], j["metadata"]["name"], j["metadata"]["uid"]) for j in after} == {

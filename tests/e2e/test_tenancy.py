@@ -135,6 +135,18 @@ def test_a_user_who_may_not_get_a_secret_cannot_reference_it(control_plane: Kube
     assert gone.returncode != 0 and "NotFound" in gone.stderr
 
 
+def test_a_signing_key_is_a_secret_reference_like_any_other(control_plane: KubeTools, tenants: str) -> None:
+    """On the RelayJob CRD itself, which has `target.http.signing`."""
+    ns = tenants
+    job = http_job("alice-signs", "http://127.0.0.1:9/collect")
+    job["spec"]["target"]["http"]["signing"] = {"secretKeyRef": {"name": "db-root", "key": "authorization"}}
+    refused = as_user(control_plane, "alice", "create", "--dry-run=server", "-n", ns, "-f", "-", document=job)
+    assert denied("db-root", "alice", ns) in refused.stderr, refused.stderr
+    job["spec"]["target"]["http"]["signing"]["secretKeyRef"]["name"] = "hook-credentials"
+    allowed = as_user(control_plane, "carol", "create", "--dry-run=server", "-n", ns, "-f", "-", document=job)
+    assert allowed.returncode == 0, allowed.stderr
+
+
 def test_a_user_who_may_get_the_secret_by_name_runs_a_job_that_uses_it(
     control_plane: KubeTools, tenants: str, operator: OperatorProcess, target: Target
 ) -> None:
@@ -426,6 +438,14 @@ def test_users_roles_join_the_built_in_ones_and_grant_what_they_say(
             *[("frank", f"{verb} relayjobs.relay.dev", False) for verb in writes],
             ("frank", "get relayjobs.relay.dev --subresource=status", True),
             ("frank", "patch relayjobs.relay.dev --subresource=status", False),
+            *[
+                ("erin", f"{verb} relayqueues.relay.dev", True)
+                for verb in ("get", "list", "watch", *writes[:4])
+            ],
+            ("erin", "patch relayqueues.relay.dev --subresource=status", False),
+            *[("frank", f"{verb} relayqueues.relay.dev", True) for verb in ("get", "list", "watch")],
+            *[("frank", f"{verb} relayqueues.relay.dev", False) for verb in writes],
+            ("frank", "get relayqueues.relay.dev --subresource=status", True),
         ]
         wrong = [
             f"{u} can-i {q}: want {'yes' if want else 'no'}"

@@ -25,6 +25,7 @@ from controller.model.jobs import JobRef, JobRow
 from controller.model.phases import AttemptOutcome, Phase, Reason
 from controller.runtime.app import App
 from controller.settings import Settings
+from tests.support.target import Target
 
 
 class RecordingCluster:
@@ -37,6 +38,10 @@ class RecordingCluster:
         self.written: dict[UUID, list[dict[str, Any]]] = {}
         self.events: list[tuple[JobRef, str, str, str]] = []
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}
+        self.created: dict[tuple[str, str], dict[str, Any]] = {}
+        self.queues: dict[tuple[str, str], dict[str, Any]] = {}
+        self.queue_status: dict[tuple[str, str], dict[str, Any]] = {}
+        self.queue_events: list[tuple[str, str, str, str]] = []
 
     def body(
         self,
@@ -77,6 +82,35 @@ class RecordingCluster:
     async def post_event(self, ref: JobRef, kind: str, reason: str, message: str) -> None:
         self.events.append((ref, kind, reason, message))
 
+    def queue(
+        self, name: str, spec: dict[str, Any], namespace: str = "default", generation: int = 1
+    ) -> dict[str, Any]:
+        """Create (or replace) a RelayQueue; returns its body as a watch would deliver it."""
+        known = self.queues.get((namespace, name))
+        uid = known["metadata"]["uid"] if known else str(uuid.uuid4())
+        body = {
+            "metadata": {"uid": uid, "namespace": namespace, "name": name, "generation": generation},
+            "spec": spec,
+        }
+        self.queues[(namespace, name)] = body
+        return body
+
+    async def list_queues(self, namespaces: Iterable[str]) -> list[dict[str, Any]]:
+        wanted = set(namespaces)
+        return [b for (ns, _), b in self.queues.items() if not wanted or ns in wanted]
+
+    async def get_queue(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.queues.get((namespace, name))
+
+    async def patch_queue_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        if (namespace, name) not in self.queues:
+            return False
+        self.queue_status[(namespace, name)] = status
+        return True
+
+    async def post_queue_event(self, ref: JobRef, kind: str, reason: str, message: str) -> None:
+        self.queue_events.append((ref.name, kind, reason, message))
+
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
         from controller.model.jobs import SecretNotFound
 
@@ -90,6 +124,14 @@ class RecordingCluster:
 
     async def delete_job(self, ref: JobRef) -> bool:
         return self.jobs.pop(ref.uid, None) is not None
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Records the RelayJob created; False (AlreadyExists) for a name created before."""
+        key = (namespace, body["metadata"]["name"])
+        if key in self.created:
+            return False
+        self.created[key] = body
+        return True
 
     async def ping(self) -> None:
         return None
@@ -157,6 +199,21 @@ def settings(redis_server: Any, database_url: str, key_prefix: str) -> Settings:
 @pytest.fixture
 def cluster() -> RecordingCluster:
     return RecordingCluster()
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[Target]:
+    """A real HTTP target on a loopback port (tests/support/target.py)."""
+    server = await Target().start()
+    yield server
+    await server.stop()
+
+
+async def submit_http(app: App, cluster: RecordingCluster, url: str, name: str, **spec: Any) -> JobRef:
+    """Admit a RelayJob named `name` calling `url`, with the further spec fields `spec`."""
+    ref = new_ref(name)
+    await app.admissions.observe(cluster.body(ref, {"target": {"http": {"url": url}}} | spec))
+    return ref
 
 
 @pytest.fixture

@@ -8,31 +8,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
-from controller.model.jobs import JobRef
 from controller.model.phases import Phase
 from controller.runtime.app import App
 from controller.settings import Settings
-from tests.integration.conftest import RecordingCluster, eventually, new_ref, running
+from tests.integration.conftest import RecordingCluster, eventually, running, submit_http
 from tests.support.target import Target
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[Target]:
-    server = await Target().start()
-    yield server
-    await server.stop()
-
-
-async def submit(app: App, cluster: RecordingCluster, url: str, name: str, **spec: Any) -> JobRef:
-    ref = new_ref(name)
-    await app.admissions.observe(cluster.body(ref, {"target": {"http": {"url": url}}} | spec))
-    return ref
 
 
 @contextlib.asynccontextmanager
@@ -54,7 +39,7 @@ async def test_attempts_in_flight_finish_and_are_recorded_and_no_new_one_starts(
 ) -> None:
     app = await App.assemble(settings.model_copy(update={"concurrency": 2}), cluster, "leaving")
     try:
-        refs = [await submit(app, cluster, target.url("/delay/1500"), f"slow-{i}") for i in range(4)]
+        refs = [await submit_http(app, cluster, target.url("/delay/1500"), f"slow-{i}") for i in range(4)]
 
         async def two_in_flight() -> bool:
             return len(target.calls) == 2
@@ -76,7 +61,7 @@ async def test_attempts_in_flight_finish_and_are_recorded_and_no_new_one_starts(
             else:  # never started: still waiting for whichever replica claims next
                 assert (row.phase, row.attempts) == (Phase.QUEUED, 0)
         assert await app.queue.client.zcard(app.queue.leased) == 0
-        waiting = set(await app.queue.client.zrange(app.queue.ready, 0, -1))
+        waiting = set(await app.queue.client.zrange(app.queue.ready_key("default/default"), 0, -1))
         assert waiting == {str(r.uid) for r in refs} - ran
     finally:
         await app.close()
@@ -91,7 +76,7 @@ async def test_an_attempt_outliving_the_grace_is_recorded_as_cut_off_and_runs_ag
     leaving = await App.assemble(settings, cluster, "leaving")
     staying = await App.assemble(settings, cluster, "staying")
     try:
-        ref = await submit(
+        ref = await submit_http(
             leaving, cluster, target.url("/hang-once"), "hangs", maxAttempts=3, timeoutSeconds=120
         )
 

@@ -447,6 +447,32 @@ async def test_through_a_proxy_the_guard_judges_the_proxys_address(monkeypatch: 
     assert (proxy_denied.reason, "127.0.0.1" in proxy_denied.message) == ("TargetForbidden", True)
 
 
+async def test_no_proxy_sends_a_target_around_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with serving(ok) as proxy, serving(ok, host="127.0.0.2") as direct:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url())
+        monkeypatch.setenv("NO_PROXY", "127.0.0.2")
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with executor() as http:
+            result = await http.execute(attempt(direct.url("/around")))
+    assert result.outcome is Outcome.SUCCEEDED, result
+    assert proxy.seen == [] and [s.path for s in direct.seen] == ["/around"]
+
+
+async def test_a_netrc_lends_no_credentials_to_targets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The operator's own ~/.netrc (a base image's, a debugging session's) is not the users': a
+    target never receives its credentials as Basic auth."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login operator password not-for-targets\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    async with serving(ok) as target, executor() as http:
+        result = await http.execute(attempt(target.url("/hook")))
+    assert result.outcome is Outcome.SUCCEEDED, result
+    assert "Authorization" not in target.seen[0].headers
+
+
 async def test_egress_settings_reach_the_executor(settings: Settings, cluster: RecordingCluster) -> None:
     denying = settings.model_copy(update={"http_deny_cidrs": [ip_network("127.0.0.2/32")]})
     app = await App.assemble(denying, cluster, "test-worker")

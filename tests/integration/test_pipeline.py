@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from controller.adapters.queue import Claimed
 from controller.model.phases import Phase
 from controller.runtime.app import App
 from controller.settings import Settings
@@ -50,7 +51,7 @@ async def test_stale_entry_is_skipped_counted_and_removed(app: App, cluster: Rec
     from controller.adapters.queue import Placement
 
     ghost = str(uuid.uuid4())
-    await app.queue.place([Placement(ghost, 0, 0)], 0)
+    await app.queue.place([Placement(ghost, 0, 0, "default/default")], 0)
     real = new_ref("real")
     async with running(app):
         await app.admissions.observe(cluster.body(real, {"target": {"noop": {}}}))
@@ -92,7 +93,7 @@ async def test_a_job_queued_while_a_claim_is_out_is_not_left_waiting(
     calls = 0
     admitted_at = 0.0
 
-    async def claim_and_meanwhile_admit(n: int, now_ms: int, lease_ms: int) -> list[str]:
+    async def claim_and_meanwhile_admit(n: int, now_ms: int, lease_ms: int) -> Claimed:
         nonlocal calls, admitted_at
         calls += 1
         uids = await claim(n, now_ms, lease_ms)

@@ -14,6 +14,8 @@ from controller.core.scoring import ready_score
 
 pytestmark = pytest.mark.integration
 
+DEFAULT = "ns/default"
+
 
 @pytest.fixture
 async def queue(redis_server: object, key_prefix: str) -> AsyncIterator[Queue]:
@@ -26,36 +28,44 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def job(uid: str, score: int, ready_at_ms: int = 0) -> Placement:
+    return Placement(uid, score, ready_at_ms, DEFAULT)
+
+
+async def claim(queue: Queue, n: int, lease_ms: int) -> list[str]:
+    return (await queue.claim(n, now_ms(), lease_ms)).uids
+
+
 async def test_priority_then_fifo(queue: Queue) -> None:
     items = [("low-1", -5, 1), ("high-2", 50, 2), ("mid-3", 0, 3), ("high-4", 50, 4), ("low-5", -5, 5)]
-    await queue.place([Placement(u, ready_score(p, s), 0) for u, p, s in items], now_ms())
-    order = [await queue.claim(1, now_ms(), 10_000) for _ in items]
+    await queue.place([job(u, ready_score(p, s), 0) for u, p, s in items], now_ms())
+    order = [await claim(queue, 1, 10_000) for _ in items]
     assert [o[0] for o in order] == ["high-2", "high-4", "mid-3", "low-1", "low-5"]
 
 
 async def test_delayed_jobs_wait_for_their_time(queue: Queue) -> None:
     await queue.place(
-        [Placement("later", ready_score(100, 1), now_ms() + 400), Placement("now", ready_score(0, 2), 0)],
+        [job("later", ready_score(100, 1), now_ms() + 400), job("now", ready_score(0, 2), 0)],
         now_ms(),
     )
-    assert await queue.claim(10, now_ms(), 10_000) == ["now"]
-    assert await queue.claim(10, now_ms(), 10_000) == []
+    assert await claim(queue, 10, 10_000) == ["now"]
+    assert await claim(queue, 10, 10_000) == []
     await asyncio.sleep(0.45)
-    assert await queue.claim(10, now_ms(), 10_000) == ["later"]
+    assert await claim(queue, 10, 10_000) == ["later"]
 
 
 async def test_expired_lease_returns_to_ready(queue: Queue) -> None:
-    await queue.place([Placement("a", ready_score(0, 1), 0)], now_ms())
-    assert await queue.claim(1, now_ms(), 100) == ["a"]
+    await queue.place([job("a", ready_score(0, 1), 0)], now_ms())
+    assert await claim(queue, 1, 100) == ["a"]
     assert await queue.reap(now_ms()) == []
     await asyncio.sleep(0.15)
     assert await queue.reap(now_ms()) == ["a"]
-    assert await queue.claim(1, now_ms(), 100) == ["a"]
+    assert await claim(queue, 1, 100) == ["a"]
 
 
 async def test_renewed_lease_does_not_expire(queue: Queue) -> None:
-    await queue.place([Placement("a", ready_score(0, 1), 0)], now_ms())
-    await queue.claim(1, now_ms(), 100)
+    await queue.place([job("a", ready_score(0, 1), 0)], now_ms())
+    await claim(queue, 1, 100)
     await asyncio.sleep(0.06)
     await queue.renew(["a"], now_ms() + 1000)
     await asyncio.sleep(0.06)
@@ -63,11 +73,9 @@ async def test_renewed_lease_does_not_expire(queue: Queue) -> None:
 
 
 async def test_rebuild_never_duplicates(queue: Queue) -> None:
-    await queue.place(
-        [Placement("leased", ready_score(0, 1), 0), Placement("queued", ready_score(0, 2), 0)], now_ms()
-    )
-    await queue.claim(1, now_ms(), 10_000)
-    items = [Placement(u, ready_score(0, i), 0) for i, u in enumerate(["leased", "queued", "lost"])]
+    await queue.place([job("leased", ready_score(0, 1), 0), job("queued", ready_score(0, 2), 0)], now_ms())
+    await claim(queue, 1, 10_000)
+    items = [job(u, ready_score(0, i), 0) for i, u in enumerate(["leased", "queued", "lost"])]
     assert await queue.place(items, now_ms(), only_missing=True) == 1
     depth = await queue.depth()
     assert (depth.ready, depth.leased) == (2, 1)
@@ -75,11 +83,11 @@ async def test_rebuild_never_duplicates(queue: Queue) -> None:
 
 async def test_concurrent_claims_never_share_a_job(queue: Queue) -> None:
     n = 2000
-    await queue.place([Placement(f"j{i}", ready_score(0, i), 0) for i in range(n)], now_ms())
+    await queue.place([job(f"j{i}", ready_score(0, i), 0) for i in range(n)], now_ms())
 
     async def claimer() -> list[str]:
         got: list[str] = []
-        while batch := await queue.claim(7, now_ms(), 60_000):
+        while batch := await claim(queue, 7, 60_000):
             got += batch
         return got
 
@@ -89,19 +97,20 @@ async def test_concurrent_claims_never_share_a_job(queue: Queue) -> None:
 
 
 async def test_ack_and_remove_leave_nothing_behind(queue: Queue) -> None:
-    await queue.place([Placement(u, ready_score(0, i), 0) for i, u in enumerate("abc")], now_ms())
-    await queue.claim(3, now_ms(), 10_000)
+    await queue.place([job(u, ready_score(0, i), 0) for i, u in enumerate("abc")], now_ms())
+    await claim(queue, 3, 10_000)
     await queue.ack(done=["a"], retry=[("b", now_ms() + 60_000)], dead=[("c", now_ms())])
     depth = await queue.depth()
     assert (depth.ready, depth.delayed, depth.leased, depth.dead) == (0, 1, 0, 1)
     await queue.remove(["b", "c"])
     assert await queue.depth() == type(depth)(0, 0, 0, 0)
     assert await queue.client.hlen(queue.score) == 0
+    assert await queue.client.hlen(queue.queue_of) == 0
 
 
 async def test_a_nacked_lease_returns_to_ready_in_its_place(queue: Queue) -> None:
-    await queue.place([Placement(u, ready_score(0, i), 0) for i, u in enumerate("abc")], now_ms())
-    assert await queue.claim(2, now_ms(), 60_000) == ["a", "b"]
+    await queue.place([job(u, ready_score(0, i), 0) for i, u in enumerate("abc")], now_ms())
+    assert await claim(queue, 2, 60_000) == ["a", "b"]
     await queue.nack(["b", "a", "gone"])
     assert (await queue.depth()).leased == 0
-    assert await queue.claim(3, now_ms(), 60_000) == ["a", "b", "c"]
+    assert await claim(queue, 3, 60_000) == ["a", "b", "c"]

@@ -17,7 +17,7 @@ from controller.adapters.queue import Queue, connect
 from controller.settings import Settings
 from devtools.binaries import find_redis_server
 from devtools.redis_topologies import ClusterRedisNode, create_cluster
-from tests.integration import test_pipeline, test_queue
+from tests.integration import test_pipeline, test_queue, test_queue_flow_control
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,16 @@ def settings(cluster_url: str, database_url: str, key_prefix: str) -> Settings:
 
 async def test_every_queue_key_is_in_one_hash_slot(queue: Queue) -> None:
     assert isinstance(queue.client, RedisCluster)
-    keys = (queue.ready, queue.delayed, queue.leased, queue.score, queue.dead)
+    qid = "team/a"
+    keys = (
+        *queue.keys,
+        queue.dead,
+        queue.limits,
+        queue.tat,
+        queue.qids,
+        queue.ready_key(qid),
+        queue.running_key(qid),
+    )
     assert len({queue.client.keyslot(key) for key in keys}) == 1
 
 
@@ -78,4 +87,11 @@ test_ack_and_remove_leave_nothing_behind = test_queue.test_ack_and_remove_leave_
 test_a_nacked_lease_returns_to_ready_in_its_place = (
     test_queue.test_a_nacked_lease_returns_to_ready_in_its_place
 )
+# The scripts build each queue's keys themselves, under the same hash tag: on a cluster too.
+test_queues_share_claims_by_weight = test_queue_flow_control.test_queues_share_claims_by_weight
+test_a_burst_starts_at_once_then_the_rate_applies = (
+    test_queue_flow_control.test_a_burst_starts_at_once_then_the_rate_applies
+)
+test_ack_nack_and_remove_give_slots_back = test_queue_flow_control.test_ack_nack_and_remove_give_slots_back
+test_depths_and_dispatch_rate_per_queue = test_queue_flow_control.test_depths_and_dispatch_rate_per_queue
 test_admit_claim_complete = test_pipeline.test_admit_claim_complete

@@ -46,8 +46,8 @@ async def tls_queue(tls_redis: SecureRedisServer, key_prefix: str) -> AsyncItera
 
 async def test_the_queue_works_over_tls_as_an_acl_user(tls_queue: Queue) -> None:
     now = int(time.time() * 1000)
-    await tls_queue.place([Placement("a", 1, 0), Placement("b", 2, 0)], now)
-    assert await tls_queue.claim(2, now, 10_000) == ["a", "b"]
+    await tls_queue.place([Placement("a", 1, 0, "ns/default"), Placement("b", 2, 0, "ns/default")], now)
+    assert (await tls_queue.claim(2, now, 10_000)).uids == ["a", "b"]
     await tls_queue.ack(done=["a", "b"])
     assert await tls_queue.members() == set()
 

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -21,13 +20,6 @@ from tests.support.target import Target
 
 pytestmark = pytest.mark.integration
 FAST = {"initialSeconds": 0.2, "maxSeconds": 5, "multiplier": 2, "jitter": False}
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[Target]:
-    server = await Target().start()
-    yield server
-    await server.stop()
 
 
 def http(url: str, **spec: Any) -> dict[str, Any]:

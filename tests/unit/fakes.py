@@ -20,7 +20,7 @@ from typing import Any
 from uuid import UUID
 
 from controller.adapters.ledger import NewJob, OutcomeRecord, StartBatch
-from controller.adapters.queue import Placement
+from controller.adapters.queue import Claimed, Placement
 from controller.core.transitions import HELD_RETRY
 from controller.model.jobs import AttemptContext, ExecutionResult, JobRef, JobRow, Outcome
 from controller.model.phases import Phase, Reason
@@ -124,12 +124,12 @@ class FakeQueue(Faults):
         self.ready.extend(item.uid for item in items)
         return len(items)
 
-    async def claim(self, n: int, now_ms: int, lease_ms: int) -> list[str]:
+    async def claim(self, n: int, now_ms: int, lease_ms: int) -> Claimed:
         await self._enter("claim")
         self.claims.append(n)
         uids = [self.ready.popleft() for _ in range(min(n, len(self.ready)))]
         self.leased.update(dict.fromkeys(uids, now_ms + lease_ms))
-        return uids
+        return Claimed(uids, {}, {})
 
     async def renew(self, uids: Iterable[str], deadline_ms: int) -> None:
         uids = list(uids)
@@ -268,6 +268,10 @@ class FakeStatus:
 
     def offer(self, rows: Iterable[JobRow]) -> None:
         self.offered.extend(rows)
+
+
+class FakeCallbacks(FakeStatus):
+    """The callbacks as the worker sees them: every row offered, in order."""
 
 
 class FakeEvents:

@@ -19,12 +19,15 @@ from pydantic import BaseModel
 
 from controller.model.phases import Phase
 from controller.model.spec import (
+    DEFAULT_QUEUE,
     NULLIFIER_PATTERN,
     Backoff,
+    CaptureResponse,
     HeaderFrom,
     HttpTarget,
     RelayJobSpec,
     SecretKeyRef,
+    Signing,
     Target,
 )
 
@@ -78,7 +81,15 @@ OBJECTS: list[tuple[tuple[str, ...], type[BaseModel]]] = [
     (("target", "http"), HttpTarget),
     (("target", "http", "headersFrom", "[]"), HeaderFrom),
     (("target", "http", "headersFrom", "[]", "secretKeyRef"), SecretKeyRef),
+    (("target", "http", "signing"), Signing),
+    (("target", "http", "signing", "secretKeyRef"), SecretKeyRef),
+    (("target", "http", "captureResponse"), CaptureResponse),
 ]
+
+
+# Fields the CRD leaves without a default so that the operator can tell "set none" and fill in the
+# job's RelayQueue `defaults`; the model's own defaults (DESIGN.md's) apply when the queue has none.
+QUEUE_DEFAULTED = {"maxAttempts", "backoff", "timeoutSeconds"}
 
 
 def _crd_at(spec_schema: Schema, path: tuple[str, ...]) -> Schema:
@@ -189,6 +200,13 @@ def test_same_default(spec_schema: Schema, path: tuple[str, ...], model: type[Ba
         assert "default" not in crd_node, prop
         return
     model_default = info.get_default(call_default_factory=True)
+    if path == () and prop in QUEUE_DEFAULTED:
+        assert "default" not in crd_node, f"{prop}: a CRD default would hide the queue's defaults"
+        return
+    if path == () and prop == "queue":
+        # Omitted means the namespace's implicit queue, which the API server need not spell out.
+        assert "default" not in crd_node and model_default == DEFAULT_QUEUE
+        return
     if "default" not in crd_node:
         # No CRD default: the model must not invent a value the API server never stores.
         assert model_default in (None, {}, []), f"{prop}: model default {model_default!r}"
@@ -214,7 +232,7 @@ def test_same_default(spec_schema: Schema, path: tuple[str, ...], model: type[Ba
 def test_spec_numbers_per_design(spec_schema: Schema, prop: str, default: Any, low: Any, high: Any) -> None:
     """DESIGN.md's numbers, checked against both sides explicitly."""
     node = spec_schema["properties"][prop]
-    assert node.get("default") == default
+    assert node.get("default") == (None if prop in QUEUE_DEFAULTED else default)
     assert node["maximum"] == high
     if low is None:
         assert node["minimum"] == 0 and node["exclusiveMinimum"] is True
@@ -226,7 +244,7 @@ def test_spec_numbers_per_design(spec_schema: Schema, prop: str, default: Any, l
 
 def test_backoff_defaults_per_design(spec_schema: Schema) -> None:
     backoff = spec_schema["properties"]["backoff"]
-    assert backoff["default"] == {}
+    assert "default" not in backoff
     crd_defaults = {k: v["default"] for k, v in backoff["properties"].items()}
     expected = {"initialSeconds": 1, "maxSeconds": 300, "multiplier": 2, "jitter": True}
     assert crd_defaults == expected

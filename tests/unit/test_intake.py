@@ -41,7 +41,7 @@ class Stage:
 
     @staticmethod
     def placement(row: JobRow) -> Placement:
-        return Placement(str(row.ref.uid), 0, 0)
+        return Placement(str(row.ref.uid), 0, 0, row.queue_id)
 
     def placed(self, rows: Iterable[JobRow]) -> None:
         self.shown.extend(rows)

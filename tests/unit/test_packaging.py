@@ -80,13 +80,21 @@ def test_chart_crds_dir_holds_only_kopfs_peering_kinds() -> None:
     assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["kopf-peerings.yaml"]
 
 
-def test_chart_templates_the_relayjob_crd_as_the_manifest_kept_on_uninstall(helm: Path) -> None:
-    source = yaml.safe_load((REPO / "manifests" / "crd.yaml").read_text())
-    (rendered,) = of_kind(render(helm), "CustomResourceDefinition")
-    assert rendered["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
-    assert rendered == source
-    (unkept,) = of_kind(render(helm, "--set", "crds.keep=false"), "CustomResourceDefinition")
-    assert "annotations" not in unkept["metadata"] and unkept == source
+def _by_name(docs: list[Doc]) -> dict[str, Doc]:
+    return {d["metadata"]["name"]: d for d in docs}
+
+
+def test_chart_templates_each_relay_crd_as_its_manifest_kept_on_uninstall(helm: Path) -> None:
+    paths = [REPO / "manifests" / "crd.yaml", *sorted((REPO / "manifests").glob("crd-*.yaml"))]
+    sources = _by_name([yaml.safe_load(path.read_text()) for path in paths])
+    assert {"relayjobs.relay.dev", "relayqueues.relay.dev"} <= set(sources)
+    rendered = _by_name(of_kind(render(helm), "CustomResourceDefinition"))
+    assert set(rendered) == set(sources)
+    for name, crd in rendered.items():
+        assert crd["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}, name
+        assert crd == sources[name], name
+    unkept = _by_name(of_kind(render(helm, "--set", "crds.keep=false"), "CustomResourceDefinition"))
+    assert unkept == sources
     assert not of_kind(render(helm, "--set", "crds.enabled=false"), "CustomResourceDefinition")
 
 
@@ -406,8 +414,12 @@ def test_namespaced_scope_defaults_to_the_release_namespace(helm: Path) -> None:
 
 def _assert_least(rules: list[Doc], peering_resource: str) -> None:
     allowed: dict[tuple[str, str], set[str]] = {
-        ("relay.dev", "relayjobs"): {"list", "watch", "delete"},
+        ("relay.dev", "relayjobs"): {"list", "watch", "create", "delete"},
         ("relay.dev", "relayjobs/status"): {"patch"},
+        ("relay.dev", "relayqueues"): {"get", "list", "watch"},
+        ("relay.dev", "relayqueues/status"): {"patch"},
+        ("relay.dev", "relayschedules"): {"get", "list", "watch"},
+        ("relay.dev", "relayschedules/status"): {"get", "patch"},
         ("", "events"): {"create"},
         ("", "secrets"): {"get"},
         ("kopf.dev", peering_resource): {"list", "watch", "patch"},
@@ -525,10 +537,27 @@ def test_users_roles_aggregate_into_the_built_in_roles(helm: Path) -> None:
         assert _verbs(view) == {
             "relayjobs": {"get", "list", "watch"},
             "relayjobs/status": {"get", "list", "watch"},
+            "relayqueues": {"get", "list", "watch"},
+            "relayqueues/status": {"get", "list", "watch"},
+            "relayschedules": {"get", "list", "watch"},
+            "relayschedules/status": {"get", "list", "watch"},
         }
         assert _verbs(edit) == {
             "relayjobs": {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"},
             "relayjobs/status": {"get", "list", "watch"},
+            "relayqueues": {"get", "list", "watch", "create", "update", "patch", "delete"},
+            "relayqueues/status": {"get", "list", "watch"},
+            "relayschedules": {
+                "get",
+                "list",
+                "watch",
+                "create",
+                "update",
+                "patch",
+                "delete",
+                "deletecollection",
+            },
+            "relayschedules/status": {"get", "list", "watch"},
         }
     docs = render(helm, "--set", "rbac.aggregateClusterRoles=false")
     assert not {d["metadata"]["name"] for d in of_kind(docs, "ClusterRole")} & set(USER_ROLES)

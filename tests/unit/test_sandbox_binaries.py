@@ -12,6 +12,8 @@ from devtools.binaries import (
     ETCD_VERSION,
     KUBERNETES_BUILD,
     KUBERNETES_VERSION,
+    PROMETHEUS_BUILD,
+    PROMETHEUS_RELEASE,
     Binaries,
     BinaryError,
     file_lock,
@@ -234,3 +236,16 @@ def test_unstamped_cached_binary_is_kept_when_go_is_missing(tmp_path: Path) -> N
     cached.parent.mkdir(parents=True)
     _printing_tool(cached, "Client Version: v0.0.0-master")
     assert binaries.ensure("kubectl") == cached
+
+
+def test_promtool_and_prometheus_are_one_build_stamped_with_the_prometheus_release(tmp_path: Path) -> None:
+    binaries = Binaries({"XDG_CACHE_HOME": str(tmp_path), "PATH": ""})
+    assert binaries.cached_path("promtool").parent == binaries.cached_path("prometheus").parent
+    assert binaries.build_dir("promtool") == binaries.build_dir("prometheus")
+    assert f"github.com/prometheus/common/version.Version={PROMETHEUS_RELEASE}" in PROMETHEUS_BUILD.ldflags[0]
+    good = _printing_tool(
+        tmp_path / "good", f"promtool, version {PROMETHEUS_RELEASE} (branch: , revision: unknown)"
+    )
+    bare = _printing_tool(tmp_path / "bare", "promtool, version  (branch: , revision: unknown)")
+    assert binaries.stamped("promtool", good)
+    assert not binaries.stamped("promtool", bare)

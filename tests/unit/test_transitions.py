@@ -81,9 +81,9 @@ def test_nothing_leaves_completed_rejected_or_cancelled_and_dead_letters_leave_o
     assert leaving == [Transition.REDRIVE]
 
 
-def test_dead_lettering_has_exactly_three_paths() -> None:
+def test_dead_lettering_has_exactly_four_paths() -> None:
     into = {t for t, e in EDGES.items() if Phase.DEAD_LETTERED in e.targets}
-    assert into == {Transition.RECORD, Transition.EXHAUST, Transition.CUT_OFF}
+    assert into == {Transition.RECORD, Transition.EXHAUST, Transition.EXPIRE, Transition.CUT_OFF}
 
 
 @pytest.mark.parametrize("transition", list(Transition))
@@ -120,15 +120,28 @@ def test_a_cut_off_is_a_cut_off_transition(attempts: int) -> None:
     assert decision.reason in EDGES[Transition.CUT_OFF].reasons
 
 
-@given(suspend=st.booleans(), delay=st.none() | st.integers(0, 3600))
-def test_admission_enters_through_admit(suspend: bool, delay: int | None) -> None:
+@given(suspend=st.booleans(), delay=st.none() | st.integers(0, 3600), queue_found=st.booleans())
+def test_admission_enters_through_admit(suspend: bool, delay: int | None, queue_found: bool) -> None:
     raw: dict[str, object] = {"target": {"noop": {}}, "suspend": suspend}
     if delay is not None:
         raw["delaySeconds"] = delay
-    decision = admitted(RelayJobSpec.model_validate(raw), NOW, NOW)
+    decision = admitted(RelayJobSpec.model_validate(raw), NOW, NOW, queue_found)
     assert can(Transition.ADMIT, None, decision.phase)
     assert decision.reason in EDGES[Transition.ADMIT].reasons
     assert (decision.next_attempt_at is not None) == bool(delay)
+
+
+def test_a_job_whose_queue_is_missing_is_admitted_queued_with_the_reason_and_keeps_its_delay() -> None:
+    spec = RelayJobSpec.model_validate({"target": {"noop": {}}, "queue": "bulk", "delaySeconds": 60})
+    decision = admitted(spec, NOW, NOW, queue_found=False)
+    assert (decision.phase, decision.reason) == (Phase.QUEUED, Reason.QUEUE_NOT_FOUND)
+    assert "'bulk'" in decision.message and decision.next_attempt_at is not None
+
+
+def test_losing_and_finding_a_queue_only_ever_leaves_a_job_queued() -> None:
+    assert EDGES[Transition.LOSE_QUEUE].targets == {Phase.QUEUED}
+    assert EDGES[Transition.FIND_QUEUE].sources == {Phase.QUEUED} == EDGES[Transition.FIND_QUEUE].targets
+    assert Phase.PROCESSING not in EDGES[Transition.LOSE_QUEUE].sources
 
 
 @pytest.mark.parametrize(
@@ -150,13 +163,55 @@ def test_the_ledger_writes_only_what_the_table_allows() -> None:
     from controller.adapters import ledger
 
     start_targets = EDGES[Transition.START].targets | EDGES[Transition.EXHAUST].targets
-    start_targets |= EDGES[Transition.HOLD].targets
+    start_targets |= EDGES[Transition.HOLD].targets | EDGES[Transition.EXPIRE].targets
     phases = {p for p in ledger.START_PHASES if isinstance(p, Phase)}
     assert phases <= start_targets
+    assert Reason.DEADLINE_EXCEEDED in ledger.START_PHASES
+    assert EDGES[Transition.EXPIRE].reasons == {Reason.DEADLINE_EXCEEDED}
     held_from, held_to, held_reason = HELD_RETRY
     assert can(Transition.RECORD, Phase.PROCESSING, held_from)
     assert can(Transition.RECORD, Phase.PROCESSING, held_to)
     assert held_reason in EDGES[Transition.RECORD].reasons
+
+
+def deadline_row(deadline_in: float) -> JobRow:
+    spec = {"maxAttempts": 5, "activeDeadlineSeconds": 60, "backoff": {"jitter": False, "initialSeconds": 10}}
+    base = job_row(Phase.PROCESSING, attempts=1, **spec)
+    return base.model_copy(
+        update={"retries": 0, "started_at": NOW, "deadline_at": NOW + timedelta(seconds=deadline_in)}
+    )
+
+
+def test_a_retry_due_before_the_active_deadline_is_scheduled() -> None:
+    decision = after_attempt(deadline_row(10), 1, result(Outcome.RETRYABLE), NOW)
+    assert decision.phase is Phase.RETRYING
+    assert decision.next_attempt_at == NOW + timedelta(seconds=10)
+
+
+def test_a_retry_that_would_start_after_the_active_deadline_dead_letters_now() -> None:
+    decision = after_attempt(
+        deadline_row(9.5), 1, result(Outcome.RETRYABLE, message="POST http://t/ answered 503"), NOW
+    )
+    assert (decision.phase, decision.reason) == (Phase.DEAD_LETTERED, Reason.DEADLINE_EXCEEDED)
+    assert decision.next_attempt_at is None
+    assert decision.message == (
+        "attempt 1 failed (HTTP503: POST http://t/ answered 503); its retry, due in 10.0s, would start"
+        " after spec.activeDeadlineSeconds runs out at 2026-11-27T12:00:09Z"
+    )
+    assert decision.error == "HTTP503: POST http://t/ answered 503"
+    assert can(Transition.RECORD, Phase.PROCESSING, decision.phase)
+    assert decision.reason in EDGES[Transition.RECORD].reasons
+
+
+def test_a_retry_after_beyond_the_active_deadline_dead_letters_too() -> None:
+    decision = after_attempt(deadline_row(30), 1, result(Outcome.RETRYABLE, retry_after_seconds=40), NOW)
+    assert decision.reason is Reason.DEADLINE_EXCEEDED
+
+
+def test_the_active_deadline_changes_nothing_for_a_success_or_a_permanent_failure() -> None:
+    assert after_attempt(deadline_row(-5), 1, result(Outcome.SUCCEEDED), NOW).phase is Phase.COMPLETED
+    permanent = after_attempt(deadline_row(-5), 1, result(Outcome.PERMANENT), NOW)
+    assert permanent.reason is Reason.PERMANENT_FAILURE
 
 
 SQL_FOLDER = Path(__file__).parents[2] / "controller" / "adapters"

@@ -41,7 +41,7 @@ recorded AS (
     RETURNING j.uid, j.namespace, j.name, j.seq, j.phase, j.generation, j.nullifier, j.attempts,
         j.retries, j.max_attempts, j.next_attempt_at, j.last_error, j.result, j.reason, j.message,
         j.redrive_token, j.created_at, j.queued_at, j.started_at, j.finished_at, j.run, j.version,
-        j.deleted_at, j.priority, j.suspend,
+        j.deleted_at, j.priority, j.suspend, j.deadline_at, j.queue,
         u.outcome AS a_outcome, u.given_reason AS a_reason, u.given_message AS a_message,
         u.result AS a_result),
 closed AS (
@@ -51,5 +51,5 @@ closed AS (
         AND a.outcome = $18)
 SELECT uid, namespace, name, seq, phase, generation, nullifier, attempts, retries, max_attempts,
     next_attempt_at, last_error, result, reason, message, redrive_token, created_at, queued_at,
-    started_at, finished_at, run, version, deleted_at, priority, suspend
+    started_at, finished_at, run, version, deleted_at, priority, suspend, deadline_at, queue
 FROM recorded

@@ -3,7 +3,9 @@
 `announce(row)` takes a row the ledger returned from a transition the worker applied. Completed,
 Retrying, Suspended and DeadLettered each get one Event (reason = the phase, message = the row's),
 one log line and, except Suspended, one count (`relayjob_jobs_total` or `relayjob_retries_total`);
-other phases are not announced. Events are rate-limited by the poster; nothing here raises.
+other phases are not announced. A finished job's `onCompletion` / `onFailure` is told too: the
+row goes to the callbacks, which create its callback job. Events are rate-limited by the poster;
+nothing here raises.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ from controller.adapters.metrics import Metrics
 from controller.model.jobs import JobRow
 from controller.model.phases import Phase
 from controller.runtime.logs import job_fields
-from controller.runtime.worker.ports import EventSink
+from controller.runtime.worker.ports import CallbackSink, EventSink
 
 log = logging.getLogger("relayjob.worker")
 
 
 class Announcer:
-    def __init__(self, *, events: EventSink, metrics: Metrics) -> None:
+    def __init__(self, *, events: EventSink, metrics: Metrics, callbacks: CallbackSink) -> None:
         self._events = events
         self._metrics = metrics
+        self._callbacks = callbacks
 
     def announce(self, row: JobRow) -> None:
         fields = job_fields(row.ref) | {"phase": row.phase.value, "attempts": row.attempts}
@@ -41,3 +44,4 @@ class Announcer:
             self._metrics.jobs.labels("dead_lettered").inc()
             log.warning("job dead-lettered: %s", row.message, extra=fields)
             self._events.post(row.ref, "Warning", "DeadLettered", row.message or "dead-lettered")
+        self._callbacks.offer([row])

@@ -14,6 +14,10 @@ batch in a task of its own. Guarantees:
   attempt are dead-lettered (acked as dead) and announced; jobs suspended meanwhile are removed
   from Redis and announced. A batch the ledger fails to open is handed back (nacked) and opening
   pauses (loop "claim", capped backoff); a failed claim pauses the same way.
+- A claim that left jobs behind for a queue's rate limit is followed by the next one when that
+  limit allows a start again (`Claimed.retry_at_ms`), not at the next poll. Each claim counts, by
+  queue, the jobs it took and the limits that held jobs back (`relayjob_queue_dispatches_total`,
+  `relayjob_queue_throttled_claims_total`).
 - While a batch of outcomes waits to be recorded (`Settling.full`), nothing new is opened: an
   unrecorded outcome is work a crash redoes.
 - After `stop`, nothing more is claimed or opened (a batch being opened when it came starts and
@@ -29,6 +33,7 @@ from collections import deque
 from collections.abc import Collection, Sequence
 
 from controller.adapters.metrics import Metrics
+from controller.adapters.queue import Claimed
 from controller.model.jobs import JobRow
 from controller.runtime.clock import epoch_ms
 from controller.runtime.retry import Throttle, throttled
@@ -79,6 +84,7 @@ class Claiming:
         self._claim_throttle = Throttle(FIRST_PAUSE_SECONDS, MAX_PAUSE_SECONDS)
         self._open_throttle = Throttle(FIRST_PAUSE_SECONDS, MAX_PAUSE_SECONDS)
         self._wake = asyncio.Event()
+        self._retry_at_ms: int | None = None  # when the last claim's skipped rate limit frees a start
         self._stopping = asyncio.Event()  # shutdown began: claim nothing more
 
     @property
@@ -122,7 +128,7 @@ class Claiming:
                 if self._leased_ahead or not drained:
                     continue
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(idle):
+                async with asyncio.timeout(self._until_retry(idle)):
                     await self._wake.wait()
             idle = min(idle * 2, self._poll_interval_seconds)
 
@@ -144,10 +150,27 @@ class Claiming:
         # Cleared before the claim, not after: a job queued while the claim is out may have
         # missed it, and its wake-up must not be lost.
         self._wake.clear()
-        uids = await self._queue.claim(want, epoch_ms(), self._lease_ms)
+        claimed = await self._queue.claim(want, epoch_ms(), self._lease_ms)
+        self._retry_at_ms = claimed.retry_at_ms
+        self._count(claimed)
+        uids = claimed.uids
         self._leases.hold(uids)
         self._leased_ahead.extend(uids)
         return len(uids) < want
+
+    def _count(self, claimed: Claimed) -> None:
+        for qid, n in claimed.dispatched.items():
+            self._metrics.queue_dispatches.labels(*qid.split("/", 1)).inc(n)
+        for qid, n in claimed.throttled.items():
+            self._metrics.queue_throttled.labels(*qid.split("/", 1)).inc(n)
+
+    def _until_retry(self, idle: float) -> float:
+        """Seconds to wait for work: `idle`, or less when the last claim left a rate-limited
+        queue's jobs behind and its next start comes sooner; a rate is then kept to the
+        millisecond, not to the poll."""
+        if self._retry_at_ms is None:
+            return idle
+        return max(0.0, min(idle, (self._retry_at_ms - epoch_ms()) / 1000))
 
     async def _open_leased_ahead(self) -> bool:
         """Open attempts for as much of the stock as the slots take, in a task of their own; True
@@ -193,6 +216,8 @@ class Claiming:
             raise
         # Opened in the ledger: these run whatever happens to the clean-up below.
         self._metrics.attempts.inc(len(batch.started))
+        for seconds in batch.waited:
+            self._metrics.queue_wait.observe(seconds)
         self._status.offer(batch.started)
         for row in batch.started:
             self._attempts.start(row)

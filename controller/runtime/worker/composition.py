@@ -20,7 +20,7 @@ from controller.runtime.worker.capacity import Capacity
 from controller.runtime.worker.claiming import Claiming
 from controller.runtime.worker.executing import Attempts
 from controller.runtime.worker.leases import Leases
-from controller.runtime.worker.ports import EventSink, StatusSink, WorkLedger, WorkQueue
+from controller.runtime.worker.ports import CallbackSink, EventSink, StatusSink, WorkLedger, WorkQueue
 from controller.runtime.worker.settling import Settling
 from controller.settings import Settings
 
@@ -47,12 +47,13 @@ class Worker:
         status: StatusSink,
         events: EventSink,
         metrics: Metrics,
+        callbacks: CallbackSink,
     ) -> None:
         self.executors = executors
         self._settings = settings
         self._leases = Leases(queue=queue, metrics=metrics, lease_seconds=settings.lease_seconds)
         capacity = Capacity(concurrency=settings.concurrency, claim_batch=settings.claim_batch)
-        announcer = Announcer(events=events, metrics=metrics)
+        announcer = Announcer(events=events, metrics=metrics, callbacks=callbacks)
         self._settling = Settling(
             ledger=ledger,
             queue=queue,

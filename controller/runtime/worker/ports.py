@@ -12,6 +12,7 @@ from typing import Protocol
 from uuid import UUID
 
 from controller.adapters.ledger import OutcomeRecord, StartBatch
+from controller.adapters.queue import Claimed
 from controller.model.jobs import JobRef, JobRow
 from controller.model.spec import RelayJobSpec
 
@@ -19,7 +20,7 @@ from controller.model.spec import RelayJobSpec
 class WorkQueue(Protocol):
     """The Redis side: leases taken, renewed, acked (outcome applied), nacked (handed back) or removed."""
 
-    async def claim(self, n: int, now_ms: int, lease_ms: int) -> list[str]: ...
+    async def claim(self, n: int, now_ms: int, lease_ms: int) -> Claimed: ...
 
     async def renew(self, uids: Iterable[str], deadline_ms: int) -> None: ...
 
@@ -49,6 +50,12 @@ class WorkLedger(Protocol):
 
 class StatusSink(Protocol):
     """Takes rows the ledger returned from a transition, to write them to their RelayJobs."""
+
+    def offer(self, rows: Iterable[JobRow]) -> None: ...
+
+
+class CallbackSink(Protocol):
+    """Takes rows the ledger returned from a transition, to create the callbacks finished ones owe."""
 
     def offer(self, rows: Iterable[JobRow]) -> None: ...
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator
 
 import asyncpg
 
 from controller.adapters.metrics import Metrics
+from controller.adapters.queue import Claimed
 from controller.model.jobs import JobRow
 from controller.model.phases import Phase
 from controller.runtime.worker.announcing import Announcer
@@ -17,21 +19,37 @@ from controller.runtime.worker.claiming import Claiming
 from controller.runtime.worker.executing import Attempts, EndedAttempt
 from controller.runtime.worker.leases import Leases
 from controller.runtime.worker.settling import SETTLE_BATCH, Settling
-from tests.unit.fakes import FakeEvents, FakeLedger, FakeQueue, FakeStatus, ScriptedExecutor, job_row, until
+from tests.unit.fakes import (
+    FakeCallbacks,
+    FakeEvents,
+    FakeLedger,
+    FakeQueue,
+    FakeStatus,
+    ScriptedExecutor,
+    job_row,
+    until,
+)
 
 
 class Stage:
     """Claiming wired to real stages and fake adapters. Settling does not run: outcomes wait."""
 
-    def __init__(self, rows: list[JobRow], concurrency: int = 2, claim_batch: int = 8) -> None:
+    def __init__(
+        self,
+        rows: list[JobRow],
+        concurrency: int = 2,
+        claim_batch: int = 8,
+        queue: FakeQueue | None = None,
+        poll_interval_seconds: float = 0.02,
+    ) -> None:
         self.rows = rows
-        self.queue = FakeQueue(str(r.ref.uid) for r in rows)
+        self.queue = queue or FakeQueue(str(r.ref.uid) for r in rows)
         self.ledger = FakeLedger(rows)
         self.metrics = Metrics()
         self.leases = Leases(queue=self.queue, metrics=self.metrics, lease_seconds=30)
         self.capacity = Capacity(concurrency=concurrency, claim_batch=claim_batch)
-        self.status, self.events = FakeStatus(), FakeEvents()
-        announcer = Announcer(events=self.events, metrics=self.metrics)
+        self.status, self.events, self.callbacks = FakeStatus(), FakeEvents(), FakeCallbacks()
+        announcer = Announcer(events=self.events, metrics=self.metrics, callbacks=self.callbacks)
         self.settling = Settling(
             ledger=self.ledger,
             queue=self.queue,
@@ -61,7 +79,7 @@ class Stage:
             announcer=announcer,
             metrics=self.metrics,
             lease_seconds=30,
-            poll_interval_seconds=0.02,
+            poll_interval_seconds=poll_interval_seconds,
         )
 
     @contextlib.asynccontextmanager
@@ -82,6 +100,25 @@ def queued(n: int) -> list[JobRow]:
     return [job_row(Phase.QUEUED) for _ in range(n)]
 
 
+class RateLimitedQueue(FakeQueue):
+    """Redis with one rate-limited queue: a start every `period_ms`; a claim before the next is due
+    gets nothing, and is told when it is."""
+
+    def __init__(self, rows: list[JobRow], period_ms: int) -> None:
+        super().__init__(str(r.ref.uid) for r in rows)
+        self.period_ms = period_ms
+        self.starts: list[int] = []
+
+    async def claim(self, n: int, now_ms: int, lease_ms: int) -> Claimed:
+        due = self.starts[-1] + self.period_ms if self.starts else now_ms
+        if now_ms < due:
+            self.claims.append(n)
+            return Claimed([], {}, {"ns/limited": 1}, due)
+        self.starts.append(now_ms)
+        uids = (await super().claim(1, now_ms, lease_ms)).uids
+        return Claimed(uids, {"ns/limited": len(uids)}, {})
+
+
 async def test_every_queued_job_is_claimed_opened_and_run() -> None:
     stage = Stage(queued(5))
     async with stage.claiming_loop():
@@ -89,6 +126,20 @@ async def test_every_queued_job_is_claimed_opened_and_run() -> None:
     assert all(stage.phase(r) is Phase.PROCESSING for r in stage.rows)
     assert stage.metrics.attempts._value.get() == 5
     assert {r.ref.uid for r in stage.status.offered} == {r.ref.uid for r in stage.rows}
+
+
+async def test_a_rate_limited_queue_is_claimed_again_when_its_next_start_is_due_not_at_the_poll() -> None:
+    rows = queued(6)
+    period_ms = 200
+    stage = Stage(rows, queue=RateLimitedQueue(rows, period_ms), poll_interval_seconds=5.0)
+    async with stage.claiming_loop():
+        await until(lambda: len(stage.executor.seen) == 6, timeout=10)
+    starts = stage.queue.starts  # type: ignore[attr-defined]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    # The idle back-off alone (5 ms, doubling) would come back 315 ms after each start.
+    assert sum(gaps) / len(gaps) < period_ms * 1.3, gaps
+    assert stage.metrics.queue_dispatches.labels("ns", "limited")._value.get() == 6
+    assert stage.metrics.queue_throttled.labels("ns", "limited")._value.get() >= 5
 
 
 async def test_a_claim_never_asks_for_more_than_claim_batch_even_with_short_jobs() -> None:

@@ -20,7 +20,7 @@ def leases(queue: FakeQueue, metrics: Metrics | None = None, lease_seconds: floa
 
 
 async def claimed(queue: FakeQueue, held: Leases, n: int) -> list[str]:
-    uids = await queue.claim(n, epoch_ms(), 1_000)
+    uids = (await queue.claim(n, epoch_ms(), 1_000)).uids
     held.hold(uids)
     return uids
 

@@ -18,7 +18,15 @@ from controller.runtime.worker.announcing import Announcer
 from controller.runtime.worker.executing import EndedAttempt
 from controller.runtime.worker.leases import Leases
 from controller.runtime.worker.settling import SETTLE_BATCH, Settling
-from tests.unit.fakes import FakeEvents, FakeLedger, FakeQueue, FakeStatus, in_background, job_row
+from tests.unit.fakes import (
+    FakeCallbacks,
+    FakeEvents,
+    FakeLedger,
+    FakeQueue,
+    FakeStatus,
+    in_background,
+    job_row,
+)
 
 SUCCEEDED = ExecutionResult(outcome=Outcome.SUCCEEDED, reason="HTTP200", message="ok")
 RETRYABLE = ExecutionResult(outcome=Outcome.RETRYABLE, reason="HTTP503", message="busy")
@@ -37,13 +45,13 @@ class Stage:
         self.metrics = Metrics()
         self.leases = Leases(queue=self.queue, metrics=self.metrics, lease_seconds=30)
         self.leases.hold(self.uids)
-        self.status, self.events = FakeStatus(), FakeEvents()
+        self.status, self.events, self.callbacks = FakeStatus(), FakeEvents(), FakeCallbacks()
         self.settling = Settling(
             ledger=self.ledger,
             queue=self.queue,
             leases=self.leases,
             status=self.status,
-            announcer=Announcer(events=self.events, metrics=self.metrics),
+            announcer=Announcer(events=self.events, metrics=self.metrics, callbacks=self.callbacks),
             metrics=self.metrics,
             grace_seconds=25,
         )

@@ -13,6 +13,7 @@ from controller.model.phases import AttemptOutcome, Phase, Reason
 from controller.runtime.worker import Worker
 from controller.settings import Settings
 from tests.unit.fakes import (
+    FakeCallbacks,
     FakeEvents,
     FakeLedger,
     FakeQueue,
@@ -48,6 +49,7 @@ class Process:
             status=self.status,
             events=self.events,
             metrics=self.metrics,
+            callbacks=FakeCallbacks(),
         )
 
     @contextlib.asynccontextmanager
