@@ -36,6 +36,9 @@ PROMETHEUS_RELEASE = "3.16.0"
 
 CONTROL_PLANE_TOOLS = ("etcd", "kube-apiserver", "kubectl")
 ALL_TOOLS = (*CONTROL_PLANE_TOOLS, "helm", "helm4", "promtool", "prometheus")
+# What set-up builds: what the tests use. The prometheus server only serves bench/dashboard.py,
+# which builds it when first run (minutes on two cores, which no test run should pay).
+TEST_TOOLS = tuple(t for t in ALL_TOOLS if t != "prometheus")
 
 
 class BinaryError(RuntimeError):
@@ -312,7 +315,7 @@ class Binaries:
             return False
         return BUILDS[tool].stamp in result.stdout
 
-    def ensure_all(self, tools: Sequence[str] = ALL_TOOLS) -> dict[str, Path]:
+    def ensure_all(self, tools: Sequence[str] = TEST_TOOLS) -> dict[str, Path]:
         return {tool: self.ensure(tool) for tool in tools}
 
     def _missing_message(self, tool: str) -> str:
@@ -464,10 +467,11 @@ def find_openssl(env: Mapping[str, str] | None = None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m devtools.binaries [TOOL ...]`: build or locate the tools, print paths."""
+    """`python -m devtools.binaries [TOOL ...]`: build or locate the tools (by default those the
+    tests use), print paths."""
     import sys
 
-    tools = list(argv if argv is not None else sys.argv[1:]) or list(ALL_TOOLS)
+    tools = list(argv if argv is not None else sys.argv[1:]) or list(TEST_TOOLS)
     try:
         for tool, path in Binaries().ensure_all(tools).items():
             print(f"{tool} {path}")

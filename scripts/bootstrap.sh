@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything `make run` and `make test` need on a fresh Debian machine: redis-server and
 # PostgreSQL from Debian's packages, a virtualenv with the package and its dev extras, and the
-# control-plane binaries, helm, promtool and prometheus (built once from the Go module proxy, cached
+# control-plane binaries, helm and promtool (built once from the Go module proxy, cached
 # outside the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,7 +50,7 @@ fi
 
 if [ -z "${KUBEBUILDER_ASSETS:-}" ] && ! command -v go >/dev/null 2>&1; then
   echo "bootstrap: no Go toolchain and no KUBEBUILDER_ASSETS: install Go 1.26+ (to build" \
-       "etcd, kube-apiserver, kubectl, helm, promtool and prometheus once) or point KUBEBUILDER_ASSETS at a folder" \
+       "etcd, kube-apiserver, kubectl, helm and promtool once) or point KUBEBUILDER_ASSETS at a folder" \
        "with etcd, kube-apiserver and kubectl" >&2
   exit 1
 fi
