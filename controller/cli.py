@@ -59,8 +59,9 @@ async def _run(settings: Settings) -> int:
     except StartupError as error:
         log.error("%s", error)
         return 1
-    stop = asyncio.Event()
-    _on_signals(stop.set)
+    stop = asyncio.Event()  # kopf's stop flag: set once our own work has drained
+    shutdown = asyncio.Event()  # SIGTERM / SIGINT
+    _on_signals(shutdown.set)
     health = WatchHealth()
     try:
         runner = await probes.serve(probes.build(app, health.problem), settings.http_port)
@@ -80,7 +81,7 @@ async def _run(settings: Settings) -> int:
             ready_flag=(kopf_ready := asyncio.Event()),
         )
     )
-    signals = asyncio.create_task(_take_signals_back(kopf_ready, stop))
+    signals = asyncio.create_task(_take_signals_back(kopf_ready, shutdown))
     health.task = kopf_task
     try:
         await app.maintenance.rebuild()
@@ -90,7 +91,7 @@ async def _run(settings: Settings) -> int:
     work = asyncio.create_task(app.run())
     log.info("operator started", extra={"identity": app.identity, "concurrency": settings.concurrency})
     await asyncio.wait(
-        [kopf_task, work, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+        [kopf_task, work, asyncio.create_task(shutdown.wait())], return_when=asyncio.FIRST_COMPLETED
     )
     signals.cancel()
     return await _shut_down(app, work, kopf_task, stop, runner.cleanup)
@@ -102,13 +103,13 @@ def _on_signals(handler: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, handler)
 
 
-async def _take_signals_back(kopf_ready: asyncio.Event, stop: asyncio.Event) -> None:
+async def _take_signals_back(kopf_ready: asyncio.Event, shutdown: asyncio.Event) -> None:
     """kopf installs SIGTERM/SIGINT handlers of its own as it starts; on a signal it then waits
-    5 s for our tasks before it cancels them, attempts in flight included. Ours stop kopf through
-    its stop flag and drain our work meanwhile (`_shut_down`), so that shutdown takes as long as
-    the attempts in flight need, up to RELAY_SHUTDOWN_GRACE_SECONDS, and not a fixed wait."""
+    5 s for our tasks before it cancels them, attempts in flight included. Ours start our drain
+    and stop kopf after it (`_shut_down`), so that shutdown takes as long as the attempts in
+    flight need, up to RELAY_SHUTDOWN_GRACE_SECONDS, and not a fixed wait."""
     await kopf_ready.wait()
-    _on_signals(stop.set)
+    _on_signals(shutdown.set)
 
 
 async def _shut_down(
@@ -118,13 +119,12 @@ async def _shut_down(
     stop: asyncio.Event,
     close_probes: Callable[[], Awaitable[None]],
 ) -> int:
-    """Stop kopf, drain our work, close every pool, and say with the exit code whether it was clean."""
+    """Drain our work, stop kopf, close every pool, and say with the exit code whether it was clean.
+
+    kopf stops only after the drain: once its stop flag is set, it gives every task created after
+    it started 5 s and then cancels them, our attempts in flight among them (it cannot tell its
+    tasks from ours). Meanwhile it goes on handling events, which only admits and places jobs."""
     code = 0
-    # kopf stops through its stop flag; letting an exception reach asyncio.run instead (which
-    # cancels every task, kopf's helpers included) can leave kopf's scheduler waiting forever.
-    # It stops first, so no RelayJob event is handled during the drain. None is lost: the next
-    # operator to start lists every RelayJob again, and admission is idempotent.
-    stop.set()
     began = time.monotonic()
     if not work.done():
         grace = app.settings.shutdown_grace_seconds
@@ -140,11 +140,15 @@ async def _shut_down(
         # leave jobs leased and unrenewed with nobody to say why.
         log.critical("background work stopped: %r", failure, exc_info=failure)
         code = 1
+    # kopf stops through its stop flag; letting an exception reach asyncio.run instead (which
+    # cancels every task, kopf's helpers included) can leave kopf's scheduler waiting forever.
+    stop.set()
+    stopping = time.monotonic()
     work.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await work
     # kopf's handlers use the pools until kopf has stopped them, so the pools close after kopf.
-    await asyncio.wait([kopf_task], timeout=max(began + KOPF_STOP_SECONDS - time.monotonic(), 1.0))
+    await asyncio.wait([kopf_task], timeout=max(stopping + KOPF_STOP_SECONDS - time.monotonic(), 1.0))
     if not kopf_task.done():
         log.warning("kopf did not stop within %ds; cancelling it", KOPF_STOP_SECONDS)
         kopf_task.cancel()
