@@ -194,14 +194,19 @@ class KubeClient:
         metadata, so it cannot carry that precondition). A conflict (409) is transient: the API
         server ran out of its own retries under contention, and the caller must try again.
         """
+        kept = {k: v for k, v in status.items() if v is not None}
+        return await self._replace_status(self._job_path(ref), ref.uid, kept)
+
+    async def _replace_status(self, path: str, uid: UUID, status: dict[str, Any]) -> bool:
+        """The JSON patch of `patch_status` for the object at `path`, guarded by its uid."""
         body = [
-            {"op": "test", "path": "/metadata/uid", "value": str(ref.uid)},
-            {"op": "add", "path": "/status", "value": {k: v for k, v in status.items() if v is not None}},
+            {"op": "test", "path": "/metadata/uid", "value": str(uid)},
+            {"op": "add", "path": "/status", "value": status},
         ]
         try:
             await self._request(
                 "PATCH",
-                self._job_path(ref) + "/status",
+                path + "/status",
                 params={"fieldManager": FIELD_MANAGER},
                 json=body,
                 headers={"Content-Type": "application/json-patch+json"},
@@ -322,23 +327,7 @@ class KubeClient:
     async def patch_schedule_status(self, ref: JobRef, status: dict[str, Any]) -> bool:
         """Replace a RelaySchedule's `.status`; False when no schedule with this uid exists any more
         (the uid test keeps it off a new schedule of the same name, as `patch_status` does)."""
-        body = [
-            {"op": "test", "path": "/metadata/uid", "value": str(ref.uid)},
-            {"op": "add", "path": "/status", "value": status},
-        ]
-        try:
-            await self._request(
-                "PATCH",
-                self._schedule_path(ref.namespace, ref.name) + "/status",
-                params={"fieldManager": FIELD_MANAGER},
-                json=body,
-                headers={"Content-Type": "application/json-patch+json"},
-            )
-        except KubeError as error:
-            if error.status == 404 or (error.status == 422 and _failed_test(error)):
-                return False
-            raise
-        return True
+        return await self._replace_status(self._schedule_path(ref.namespace, ref.name), ref.uid, status)
 
     async def list_job_uids(self, namespaces: Iterable[str]) -> set[UUID]:
         """Every RelayJob uid that exists, across the watched namespaces (all when empty)."""
