@@ -99,7 +99,6 @@ class Queues:
         self.known: dict[QueueRef, KnownQueue] = {}
         self._missed: dict[QueueRef, float] = {}
         self._written: dict[QueueRef, dict[str, Any]] = {}
-        self._paused_since: dict[QueueRef, datetime] = {}
 
     async def observe(self, body: Mapping[str, Any]) -> None:
         """A RelayQueue as the watch (or a list) delivered it: publish its limits, release the jobs

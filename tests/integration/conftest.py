@@ -182,10 +182,10 @@ def key_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-def settings(redis_server: Any, database_url: str, key_prefix: str) -> Settings:
+def fast_settings(redis_url: str, database_url: str, key_prefix: str, **overrides: Any) -> Settings:
+    """Settings with the short leases and intervals the integration tests wait on."""
     return Settings(
-        redis_url=redis_server.url,
+        redis_url=redis_url,
         database_url=database_url,
         key_prefix=key_prefix,
         lease_seconds=3,
@@ -193,7 +193,13 @@ def settings(redis_server: Any, database_url: str, key_prefix: str) -> Settings:
         status_flush_seconds=0.05,
         poll_interval_seconds=0.05,
         http_port=0,
+        **overrides,
     )
+
+
+@pytest.fixture
+def settings(redis_server: Any, database_url: str, key_prefix: str) -> Settings:
+    return fast_settings(redis_server.url, database_url, key_prefix)
 
 
 @pytest.fixture

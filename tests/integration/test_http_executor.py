@@ -36,7 +36,7 @@ from controller.model.phases import Phase
 from controller.model.spec import RelayJobSpec
 from controller.runtime.app import App
 from controller.settings import Settings
-from tests.integration.conftest import RecordingCluster, eventually, new_ref, running
+from tests.integration.conftest import RecordingCluster, eventually, running, submit_http
 
 pytestmark = pytest.mark.integration
 
@@ -351,11 +351,10 @@ async def test_answers_that_are_not_http_and_closed_connections_are_named() -> N
     assert f"127.0.0.1:{closed_port}" in refused.message
 
 
-async def submit_http(app: App, cluster: RecordingCluster, url: str, **spec: Any) -> JobRef:
-    ref = new_ref("hook")
-    body = {"target": {"http": {"url": url}}, "backoff": {"initialSeconds": 0.2, "jitter": False}} | spec
-    await app.admissions.observe(cluster.body(ref, body))
-    return ref
+async def submit_hook(app: App, cluster: RecordingCluster, url: str, **spec: Any) -> JobRef:
+    """A job named `hook` calling `url`, retried after 0.2 s unless `spec` says otherwise."""
+    backoff = {"backoff": {"initialSeconds": 0.2, "jitter": False}}
+    return await submit_http(app, cluster, url, "hook", **(backoff | spec))
 
 
 async def finished(app: App, ref: JobRef) -> Phase:
@@ -376,7 +375,7 @@ async def test_retry_after_superscript_on_a_success_completes_with_one_call(
         return web.json_response({"ok": True}, headers={"Retry-After": "²"})
 
     async with serving(success_with_nonsense) as server, running(app):
-        ref = await submit_http(app, cluster, server.url(), maxAttempts=3)
+        ref = await submit_hook(app, cluster, server.url(), maxAttempts=3)
         assert await finished(app, ref) is Phase.COMPLETED
     assert len(server.seen) == 1
 
@@ -478,7 +477,7 @@ async def test_egress_settings_reach_the_executor(settings: Settings, cluster: R
     app = await App.assemble(denying, cluster, "test-worker")
     try:
         async with serving(ok, host="127.0.0.2") as denied, running(app):
-            ref = await submit_http(app, cluster, denied.url(), maxAttempts=3)
+            ref = await submit_hook(app, cluster, denied.url(), maxAttempts=3)
             assert await finished(app, ref) is Phase.DEAD_LETTERED
             row = await app.ledger.get(ref.uid)
     finally:

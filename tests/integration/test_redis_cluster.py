@@ -18,6 +18,7 @@ from controller.settings import Settings
 from devtools.binaries import find_redis_server
 from devtools.redis_topologies import ClusterRedisNode, create_cluster
 from tests.integration import test_pipeline, test_queue, test_queue_flow_control
+from tests.integration.conftest import fast_settings
 
 pytestmark = pytest.mark.integration
 
@@ -50,16 +51,7 @@ async def queue(cluster_url: str, key_prefix: str) -> AsyncIterator[Queue]:
 
 @pytest.fixture
 def settings(cluster_url: str, database_url: str, key_prefix: str) -> Settings:
-    return Settings(
-        redis_url=cluster_url,
-        database_url=database_url,
-        key_prefix=key_prefix,
-        lease_seconds=3,
-        reconcile_interval_seconds=2,
-        status_flush_seconds=0.05,
-        poll_interval_seconds=0.05,
-        http_port=0,
-    )
+    return fast_settings(cluster_url, database_url, key_prefix)
 
 
 async def test_every_queue_key_is_in_one_hash_slot(queue: Queue) -> None:

@@ -22,7 +22,7 @@ from controller.settings import Settings
 from devtools.binaries import find_redis_server
 from devtools.redis_topologies import ReplicaRedisServer, SentinelServer
 from devtools.servers import RedisServer
-from tests.integration.conftest import RecordingCluster, eventually, new_ref, running
+from tests.integration.conftest import RecordingCluster, eventually, fast_settings, new_ref, running
 
 pytestmark = pytest.mark.integration
 
@@ -72,17 +72,7 @@ def topology(tmp_path: Path) -> Iterator[Topology]:
 
 @pytest.fixture
 def settings(topology: Topology, database_url: str, key_prefix: str) -> Settings:
-    return Settings(
-        redis_url=topology.url,
-        database_url=database_url,
-        key_prefix=key_prefix,
-        redis_pool_max=6,
-        lease_seconds=3,
-        reconcile_interval_seconds=2,
-        status_flush_seconds=0.05,
-        poll_interval_seconds=0.05,
-        http_port=0,
-    )
+    return fast_settings(topology.url, database_url, key_prefix, redis_pool_max=6)
 
 
 async def _admit(app: App, cluster: RecordingCluster, refs: list[JobRef], delay: int = 0) -> None:
