@@ -19,6 +19,8 @@ from typing import Any
 from uuid import UUID
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from controller.adapters import json_guard
 from controller.model.jobs import JobRef, SecretForbidden, SecretNotFound, SecretUnavailable
@@ -106,6 +108,17 @@ class Credentials:
         )
 
 
+def _env_proxy(server: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy HTTPS_PROXY / NO_PROXY name for the API server, read once. aiohttp's `trust_env`
+    reads them, and ~/.netrc, in a thread on every request: two trips to the default executor per
+    status patch, and a netrc login for the API server's host clashed with the token (ValueError
+    on every call)."""
+    try:
+        return get_env_proxy_for_url(URL(server))
+    except LookupError:
+        return None, None
+
+
 def _pem(data: bytes | str) -> str:
     text = data.decode() if isinstance(data, bytes) else data
     return text if "BEGIN" in text else base64.b64decode(text).decode()
@@ -143,10 +156,10 @@ class KubeClient:
             base_url=credentials.server,
             connector=aiohttp.TCPConnector(ssl=credentials.ssl, limit=max_connections),
             timeout=aiohttp.ClientTimeout(total=30, connect=5),
-            # HTTPS_PROXY / NO_PROXY as users set them for egress; kopf's session does the same
-            # (networking.trust_env).
-            trust_env=True,
         )
+        # HTTPS_PROXY / NO_PROXY as users set them for egress; kopf's session does the same
+        # (networking.trust_env).
+        self._proxy, self._proxy_auth = _env_proxy(credentials.server)
         self._secret_ttl = secret_cache_seconds
         self._secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
         self._secret_locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -168,7 +181,9 @@ class KubeClient:
     async def _send(self, method: str, path: str, answer: bool, **kwargs: Any) -> Any:
         headers = {**self.credentials.headers, **kwargs.pop("headers", {})}
         try:
-            async with self._session.request(method, path, headers=headers, **kwargs) as response:
+            async with self._session.request(
+                method, path, headers=headers, proxy=self._proxy, proxy_auth=self._proxy_auth, **kwargs
+            ) as response:
                 if response.status >= 300:
                     body = await response.text()
                     raise KubeError(response.status, body[:2000])

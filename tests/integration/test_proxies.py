@@ -72,3 +72,20 @@ async def test_no_proxy_sends_the_api_client_around_the_proxy(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     await _ping(api_server, pki.ca_cert)
     assert proxy.tunnels == []
+
+
+async def test_a_netrc_entry_for_the_api_server_does_not_break_token_auth(
+    api_server: str, pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiohttp's `trust_env` also reads ~/.netrc on every request, and a login found there for the
+    # API server's host collided with the Bearer token: every call raised ValueError.
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    client = KubeClient(Credentials(api_server, ca_path=str(pki.ca_cert), token="t"), "test", "test", 0)
+    try:
+        await client.ping()
+    finally:
+        await client.close()
