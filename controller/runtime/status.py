@@ -9,8 +9,9 @@ meanwhile shows `Completed` with no `Queued` or `Processing` in between.
 
 Guarantees: a job is in at most one batch at a time (two of its documents never race each other
 to the API server); a batch that fails for a server error keeps its jobs dirty, and no batch starts
-before its pause is over (loop "status": 0.5 s, doubled up to 30 s); a patch the API server refuses
-for good is logged and never retried; `wait_idle` returns once no job is dirty or being written.
+before its pause is over (loop "status": 0.5 s, doubled up to 30 s, once for batches that fail
+together); a patch the API server refuses for good is logged and never retried; `wait_idle`
+returns once no job is dirty or being written.
 """
 
 from __future__ import annotations
@@ -29,10 +30,17 @@ from controller.core.status import status_document
 from controller.model.jobs import ClusterApi, JobRow
 from controller.model.phases import Phase, Reason
 from controller.runtime.logs import job_fields
-from controller.runtime.retry import Throttle, throttled
+from controller.runtime.retry import TRANSIENT, Throttle, throttled
 
 log = logging.getLogger("relayjob.status")
-PIPELINE = 3  # batches in flight at once: one reading the ledger while others wait on patches
+# Batches reading the ledger at once. A batch whose rows are read no longer holds a place: it waits
+# on its patches, which `concurrency` bounds, so a job that changes meanwhile is written behind no
+# batch's slowest patch.
+PIPELINE = 3
+
+
+class _AlreadyPaused(Exception):
+    """A batch failed while the writer already pauses for the failure of another."""
 
 
 class StatusLedger(Protocol):
@@ -72,6 +80,7 @@ class StatusWriter:
         self._limit = asyncio.Semaphore(concurrency)
         self._batch_size = concurrency
         self._in_flight: set[UUID] = set()  # jobs of batches being written
+        self._reading = 0  # batches reading the ledger
         self._throttle = Throttle(0.5, 30.0)  # after a failed flush, no batch starts until it pauses
         self._dirty: dict[UUID, float] = {}  # uid -> when (monotonic) its write is due
         self._rows: dict[UUID, JobRow] = {}  # the newest row the ledger handed us, when we have it
@@ -120,10 +129,11 @@ class StatusWriter:
         await self._idle.wait()
 
     async def run(self) -> None:
-        """Write dirty jobs in batches of at most `concurrency`, with up to `PIPELINE` batches in
-        flight: a job that changes while a batch is out waits for the next free batch, not for the
-        slowest patch of the batch before it. A job is in one batch at a time, so two of its
-        documents never race each other to the API server."""
+        """Write dirty jobs in batches of at most `concurrency`, with up to `PIPELINE` batches
+        reading the ledger: a job that changes while batches wait on their patches is read and
+        patched at once (within `concurrency` patches in all), not after the slowest patch of a
+        batch before it. A job is in one batch at a time, so two of its documents never race each
+        other to the API server."""
         flushing: set[asyncio.Task[None]] = set()
         try:
             while True:
@@ -131,9 +141,10 @@ class StatusWriter:
                     flushing.discard(task)
                     task.result()  # an error the flush could not turn into a retry ends the loop
                 now = time.monotonic()
-                if len(flushing) < PIPELINE and not self._throttle.remaining():
+                if self._reading < PIPELINE and not self._throttle.remaining():
                     batch = self._take_due(now)
                     if batch:
+                        self._reading += 1
                         flushing.add(asyncio.create_task(self._flush_batch(batch)))
                         continue
                 if not self._dirty and not flushing:
@@ -144,6 +155,7 @@ class StatusWriter:
             for task in flushing:
                 task.cancel()
             await asyncio.gather(*flushing, return_exceptions=True)
+            self._reading = 0  # a batch cancelled before it began never gave its place up
 
     def _take_due(self, now: float) -> list[UUID]:
         batch = []
@@ -177,19 +189,44 @@ class StatusWriter:
 
     async def _flush_batch(self, batch: list[UUID]) -> None:
         try:
-            async with throttled(self._throttle, self._metrics, "status", what="status flush", logger=log):
-                await self.flush(batch)
-                return
+            try:
+                async with throttled(
+                    self._throttle, self._metrics, "status", what="status flush", logger=log
+                ):
+                    await self._write_batch(batch)
+                    return
+            except _AlreadyPaused:
+                self._metrics.errors.labels("status").inc()
             # The API server or Postgres is away: keep the jobs dirty and try again after the pause.
             self.mark(batch)
         finally:
             self._in_flight.difference_update(batch)
             self._wake.set()
 
+    async def _write_batch(self, batch: list[UUID]) -> None:
+        """`flush` for a batch of the loop, which gives its place up once its rows are read.
+        Batches out together fail together when a server goes away: only the first one to fail
+        pauses the writer (doubling the pause for each would stop status writes for 30 s)."""
+        try:
+            try:
+                rows = await self._read(batch)
+            finally:
+                self._reading -= 1
+                self._wake.set()
+            await self._deliver(rows)
+        except TRANSIENT as error:
+            if self._throttle.remaining():
+                raise _AlreadyPaused from error
+            raise
+
     async def flush(self, uids: list[UUID]) -> None:
         """Write the status of `uids` now, each from the row handed over while it is current, else
         from a fresh read. Raises a ledger error, or the first patch failure worth retrying (no
         answer, 409, 429, 5xx; that job is marked dirty again)."""
+        await self._deliver(await self._read(uids))
+
+    async def _read(self, uids: list[UUID]) -> dict[UUID, JobRow]:
+        """The rows to write for `uids`: those handed over while still current, the rest read."""
         rows = {uid: self._rows.pop(uid) for uid in uids if uid in self._rows}
         if rows:  # rows we were handed are used only while still current: a version is a cheap read
             current = await self._ledger.versions(list(rows))
@@ -197,6 +234,10 @@ class StatusWriter:
         unread = [uid for uid in uids if uid not in rows]
         if unread:
             rows.update(await self._ledger.get_many(unread))
+        return rows
+
+    async def _deliver(self, rows: dict[UUID, JobRow]) -> None:
+        """Patch each row's status, then record the versions delivered."""
         now = datetime.now(UTC)
         todo = [r for r in rows.values() if not r.deleted and self._written.get(r.ref.uid) != r.version]
         results = await asyncio.gather(*(self._write(r, now) for r in todo), return_exceptions=True)

@@ -15,26 +15,36 @@ from controller.adapters.kube import KubeError
 from controller.model.jobs import JobRef
 from controller.runtime import maintenance
 from controller.runtime.app import App
-from controller.runtime.status import StatusWriter
+from controller.runtime.status import PIPELINE, StatusWriter
 from tests.integration.conftest import RecordingCluster, SameStore, new_ref, succeeded
 
 pytestmark = pytest.mark.integration
 
 
 class HeldPatches(SameStore):
-    """The same store as `inner`; patches of the `held` job wait until `release` is set, the
+    """The same store as `inner`; patches of the `held` jobs wait until `release` is set, the
     others land at once."""
 
-    def __init__(self, inner: RecordingCluster, held: UUID) -> None:
+    def __init__(self, inner: RecordingCluster, held: UUID | set[UUID]) -> None:
         super().__init__(inner)
-        self.held = held
+        self.held = held if isinstance(held, set) else {held}
         self.holding = asyncio.Event()
         self.release = asyncio.Event()
         self.other_landed = asyncio.Event()
+        self._waiting = 0
+        self._changed = asyncio.Condition()
+
+    async def held_count(self, count: int) -> None:
+        """Until `count` patches are held back."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._waiting >= count)
 
     async def patch_status(self, ref: JobRef, status: dict[str, Any]) -> bool:
-        if ref.uid == self.held:
+        if ref.uid in self.held:
             self.holding.set()
+            async with self._changed:
+                self._waiting += 1
+                self._changed.notify_all()
             await self.release.wait()
             return await super().patch_status(ref, status)
         landed = await super().patch_status(ref, status)
@@ -78,6 +88,34 @@ async def test_a_slow_patch_does_not_hold_back_jobs_that_change_after_it(
         await asyncio.wait_for(writer.wait_idle(), 5)
     assert cluster.status[slow.uid]["phase"] == cluster.status[later.uid]["phase"] == "Queued"
     assert api.patches == {slow.uid: 1, later.uid: 1}
+
+
+async def test_jobs_behind_as_many_slow_batches_as_the_pipeline_holds_are_still_written(
+    app: App, cluster: RecordingCluster
+) -> None:
+    """A batch kept its place in the pipeline until its slowest patch landed: with that many slow
+    patches out, every other job waited for one of them (e2e bench: seconds from Completed in the
+    ledger to Completed on the RelayJob). A batch whose rows are read gives its place up."""
+    slow = [new_ref(f"slow-{i}") for i in range(PIPELINE)]
+    later = new_ref("later")
+    for ref in (*slow, later):
+        await app.admissions.observe(cluster.body(ref, {"target": {"noop": {}}}))
+    api = HeldPatches(cluster, {ref.uid for ref in slow})
+    writer = StatusWriter(ledger=app.ledger, kube=api, metrics=app.metrics, flush_seconds=0, concurrency=8)
+    loop = asyncio.create_task(writer.run())
+    try:
+        for held, ref in enumerate(slow, 1):  # each in a batch of its own
+            writer.mark([ref.uid])
+            await asyncio.wait_for(api.held_count(held), 5)
+        writer.mark([later.uid])
+        await asyncio.wait_for(api.other_landed.wait(), 2)
+        assert not any(ref.uid in cluster.status for ref in slow)
+        api.release.set()
+        await asyncio.wait_for(writer.wait_idle(), 5)
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    assert all(cluster.status[ref.uid]["phase"] == "Queued" for ref in (*slow, later))
 
 
 async def test_a_job_changed_during_its_own_write_is_written_again_after_it(

@@ -12,7 +12,7 @@ from controller.adapters.metrics import Metrics
 from controller.model.jobs import JobRow
 from controller.model.phases import Phase
 from controller.runtime.status import StatusWriter
-from tests.unit.fakes import FakeCluster, FakeLedger, in_background, job_row
+from tests.unit.fakes import FakeCluster, FakeLedger, in_background, job_row, until
 
 
 class Writer:
@@ -37,6 +37,11 @@ class Writer:
 
     def running(self) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
         return in_background(self.writer.run())
+
+    async def patching(self, row: JobRow, patches: int) -> None:
+        """Mark `row` dirty; return once `patches` patches in all have reached the API server."""
+        self.writer.mark([row.ref.uid])
+        await until(lambda: self.cluster.calls.count("patch_status") >= patches)
 
     async def idle(self) -> None:
         await asyncio.sleep(0)
@@ -86,6 +91,24 @@ async def test_a_flush_that_meets_an_outage_keeps_its_jobs_dirty_and_tries_again
     assert writer.cluster.status[row.ref.uid]["phase"] == "Queued"
     assert writer.ledger.calls.count("get_many") == 2
     assert writer.metrics.errors.labels("status")._value.get() == 1
+
+
+async def test_batches_that_fail_together_pause_the_writer_once() -> None:
+    """Each failed batch doubled the pause: an API server that went away with three batches out
+    held every status write back 2 s after it returned, not 0.5 s (more batches, up to 30 s)."""
+    rows = [job_row(Phase.QUEUED) for _ in range(3)]
+    writer = Writer(rows)
+    writer.cluster.hold("patch_status")
+    async with writer.running():
+        for sent, row in enumerate(rows, 1):  # each in a batch of its own
+            await writer.patching(row, sent)
+        writer.cluster.fail("patch_status", *(KubeError(503, "etcd leader changed") for _ in rows))
+        began = asyncio.get_running_loop().time()
+        writer.cluster.resume("patch_status")
+        await writer.idle()
+        waited = asyncio.get_running_loop().time() - began
+    assert all(writer.cluster.status[row.ref.uid]["phase"] == "Queued" for row in rows)
+    assert waited < 1.0, waited
 
 
 async def test_a_patch_the_api_server_may_accept_later_is_tried_again() -> None:
