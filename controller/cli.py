@@ -44,7 +44,7 @@ def _login() -> Credentials:
 
 
 async def _run(settings: Settings) -> int:
-    from controller.handlers import WatchHealth, build_registry
+    from controller.handlers import EphemeralMemories, WatchHealth, build_registry
     from controller.runtime import probes
     from controller.runtime.app import App, StartupError
     from controller.runtime.heap import keep_startup_objects
@@ -79,6 +79,7 @@ async def _run(settings: Settings) -> int:
             peering_name=settings.peering_name,
             stop_flag=stop,
             ready_flag=(kopf_ready := asyncio.Event()),
+            memories=EphemeralMemories(),
         )
     )
     signals = asyncio.create_task(_take_signals_back(kopf_ready, shutdown))

@@ -586,10 +586,12 @@ class Ledger:
         records = await self.pool.fetch(SQL["statuses_written"], list(written), list(written.values()))
         return {r["uid"]: r["version"] for r in records}
 
-    async def statuses_behind(self, older_than: float) -> list[UUID]:
-        """Live jobs whose last transition, at least `older_than` seconds ago, never reached their
-        RelayJob: the replica that recorded it stopped before its status patch."""
-        return [r["uid"] for r in await self.pool.fetch(SQL["statuses_behind"], older_than)]
+    async def statuses_behind(self, older_than: float, newer_than: float | None = None) -> list[UUID]:
+        """Live jobs whose last transition, at least `older_than` seconds ago (and, when given, at
+        most `newer_than`), never reached their RelayJob: the replica that recorded it stopped
+        before its status patch, or every write of it failed."""
+        records = await self.pool.fetch(SQL["statuses_behind"], older_than, newer_than)
+        return [r["uid"] for r in records]
 
     async def versions(self, uids: Iterable[UUID]) -> dict[UUID, int]:
         """The current version of each job: enough to tell whether a row read earlier is stale."""

@@ -105,10 +105,11 @@ class Admissions:
         self._seen: dict[UUID, tuple[int, str | None]] = {}
         self.intake = Intake(ledger, queue, placement, self._placed)
 
-    async def observe(self, body: Mapping[str, Any]) -> None:
+    async def observe(self, body: Mapping[str, Any], *, listed: bool = False) -> None:
         """Reconcile one RelayJob as a watch event delivered it: admit it the first time, then act
         on each new generation (mutable fields) and re-drive value, and repair a status that
-        another client wrote."""
+        another client wrote. `listed`: the body came from a list of every RelayJob (a start or a
+        re-list of the watch), not from a change."""
         meta = body.get("metadata") or {}
         ref = JobRef(uid=UUID(meta["uid"]), namespace=meta["namespace"], name=meta["name"])
         spec = dict(body.get("spec") or {})
@@ -122,7 +123,10 @@ class Admissions:
             return
         # A uid this process has never seen is most likely new: admission's INSERT is idempotent
         # by uid and returns the existing row otherwise, so a read first would only cost a round trip.
-        row = await self.ledger.get(ref.uid) if ref.uid in self._seen else None
+        # A listed one is most likely recorded: one read, where admission took three statements
+        # and a spec validation (at 100,000 finished RelayJobs, minutes of a start-up).
+        known = ref.uid in self._seen or listed
+        row = await self.ledger.get(ref.uid) if known else None
         created = False
         if row is None:
             queue = await self._queue_of(ref, spec)
@@ -290,6 +294,11 @@ class Admissions:
             await self.queue.place([placement(changed)], now_ms)
         self.status.offer([changed])
         return changed
+
+    def seen(self, uid: UUID) -> bool:
+        """Whether the watch delivered this RelayJob and no deletion of it since: the live set of
+        RelayJobs, kept from the watch."""
+        return uid in self._seen
 
     async def forget(self, uid: UUID) -> None:
         """The RelayJob was deleted: cancel an attempt in flight, leave nothing queued or held."""

@@ -312,6 +312,7 @@ class App:
             interval=settings.reconcile_interval_seconds,
             retention_seconds=settings.ledger_retention_days * 86400,
             forget=admissions.forget,
+            seen=admissions.seen,
             queues=queues,
             queue_status_seconds=settings.queue_status_seconds,
             callbacks=callbacks,

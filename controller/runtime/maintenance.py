@@ -2,8 +2,11 @@
 when something was lost. (The per-object reconcile of a RelayJob is `Admissions.observe`.)
 
 - `rebuild`: every active ledger job whose RelayJob exists is put back in Redis if missing
-  (Redis restarted empty, evicted keys); ledger jobs whose RelayJob vanished while we were down are
-  cancelled. Runs at start-up and every reconcile interval.
+  (Redis restarted empty, evicted keys). Its first pass in a process also cancels the ledger jobs
+  whose RelayJob vanished while no replica watched, against one list of the cluster; from then on
+  the watch's deletions (`forget`) and its live set (`seen`) say which RelayJobs exist, so a
+  pass reads the active jobs only, never the finished ones nor the cluster. Runs at start-up and
+  every reconcile interval.
 - `reap`: expired leases return to the ready set (a worker died or froze).
 - `expire`: finished RelayJobs past `ttlSecondsAfterFinished` are deleted; the ledger keeps them.
 - `repair_statuses`: jobs whose last transition never reached their RelayJob (the replica that
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -49,6 +53,14 @@ ADMISSION_GRACE_SECONDS = 2.0
 # A status write is normally under way for this long after a transition, by the replica that
 # recorded it; only older ones are repaired, so a live replica's pending write is not doubled.
 STATUS_REPAIR_GRACE_SECONDS = 10.0
+# Each interval reads only the transitions of this window, so its cost does not grow with the
+# number of finished jobs; once per SWEEP_SECONDS a pass reads them all (one scan of the ledger),
+# for a status whose every write failed for longer than the window.
+STATUS_REPAIR_WINDOW_SECONDS = 3600.0
+# How often `rebuild` lists the cluster again after its first pass: a deletion the watch missed (a
+# watch resumed too late for the API server's event history re-lists without reporting it) cancels
+# its job within this long, where every interval's list cost grew with the finished RelayJobs.
+SWEEP_SECONDS = 3600.0
 PRUNE_BATCH = 500
 PRUNE_PAUSE_SECONDS = 0.2
 OLDEST_READY_SECONDS = 5.0
@@ -68,6 +80,7 @@ class Maintenance:
         interval: float,
         retention_seconds: float,
         forget: Callable[[UUID], Awaitable[None]],
+        seen: Callable[[UUID], bool],
         queues: Queues,
         queue_status_seconds: float,
         callbacks: Callbacks,
@@ -82,6 +95,9 @@ class Maintenance:
         self.interval = interval
         self.retention_seconds = retention_seconds
         self.forget = forget
+        self.seen = seen
+        self._swept_at: float | None = None  # monotonic time of the last list of the cluster
+        self._repaired_all_at: float | None = None  # of the last status repair without a window
         self.queues = queues
         self.queue_status_seconds = queue_status_seconds
         self._queue_series: set[str] = set()
@@ -89,15 +105,12 @@ class Maintenance:
 
     async def rebuild(self) -> int:
         """Put missing active jobs back; returns how many were re-queued."""
-        # The ledger first, the API second: a row exists only after its RelayJob was created, so
-        # a row missing from a list taken afterwards is truly gone. The other order cancels jobs
-        # admitted between the two reads.
-        known = await self.ledger.live_uids()
-        live = await self.kube.list_job_uids(self.namespaces)
-        for uid in known - live:
-            row = await self.ledger.get(uid)
-            if row is not None and self._watched(row.ref.namespace):
-                await self.forget(uid)
+        exists = self.seen
+        began = time.monotonic()
+        sweep = self._swept_at is None or began - self._swept_at >= SWEEP_SECONDS
+        if sweep:
+            live = await self._sweep()
+            exists = live.__contains__
         rows = await self.ledger.waiting()
         now = datetime.now(UTC)
         cutoff = now - timedelta(seconds=self.lease_seconds)
@@ -108,7 +121,7 @@ class Maintenance:
         items = [
             placement_for(r.uid, r.priority, r.seq, r.next_attempt_at, r.queue_id)
             for r in rows
-            if r.uid in live
+            if exists(r.uid)
             and (r.phase is not Phase.PROCESSING or (r.started_at or cutoff) <= cutoff)
             and (r.phase is not Phase.QUEUED or (r.queued_at or fresh) <= fresh)
         ]
@@ -117,7 +130,22 @@ class Maintenance:
             log.warning("re-queued %d jobs missing from Redis", placed)
             self.metrics.requeued.inc(placed)
         self.metrics.reconciles.inc()
+        if sweep:
+            self._swept_at = began
         return placed
+
+    async def _sweep(self) -> set[UUID]:
+        """Cancel the ledger jobs whose RelayJob is gone; returns the RelayJobs that exist."""
+        # The ledger first, the API second: a row exists only after its RelayJob was created, so
+        # a row missing from a list taken afterwards is truly gone. The other order cancels jobs
+        # admitted between the two reads.
+        known = await self.ledger.live_uids()
+        live = await self.kube.list_job_uids(self.namespaces)
+        for uid in known - live:
+            row = await self.ledger.get(uid)
+            if row is not None and self._watched(row.ref.namespace):
+                await self.forget(uid)
+        return live
 
     def _watched(self, namespace: str) -> bool:
         return not self.namespaces or namespace in self.namespaces
@@ -141,7 +169,12 @@ class Maintenance:
 
     async def repair_statuses(self) -> int:
         """Hand statuses behind the ledger to the status writer; returns how many."""
-        behind = await self.ledger.statuses_behind(STATUS_REPAIR_GRACE_SECONDS)
+        began = time.monotonic()
+        whole = self._repaired_all_at is None or began - self._repaired_all_at >= SWEEP_SECONDS
+        window = None if whole else STATUS_REPAIR_WINDOW_SECONDS
+        behind = await self.ledger.statuses_behind(STATUS_REPAIR_GRACE_SECONDS, window)
+        if whole:
+            self._repaired_all_at = began
         if behind:
             log.warning("%d RelayJob statuses behind the ledger; writing them", len(behind))
             self.metrics.status_repairs.inc(len(behind))
