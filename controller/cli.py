@@ -183,9 +183,10 @@ def run(argv: list[str]) -> int:
     if args.standalone:
         settings = settings.model_copy(update={"standalone": True})
     from controller.runtime.logs import configure
+    from controller.runtime.loop import run as run_loop
 
     configure(settings.log_level, settings.log_format)
-    return asyncio.run(_run(settings))
+    return run_loop(_run(settings), settings.event_loop)
 
 
 def extra_command(name: str) -> Callable[[list[str]], int] | None:

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     standalone: bool = False
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: str = Field(default="json", pattern=r"^(json|text)$")
+    # uvloop's event loop, as kopf's own CLI picks when uvloop is installed: the worker's hot path
+    # is socket reads and writes, which it does in C. `asyncio` is the standard library's loop.
+    event_loop: str = Field(default="uvloop", pattern=r"^(uvloop|asyncio)$")
 
     @field_validator("namespaces", mode="before")
     @classmethod

@@ -87,6 +87,9 @@ class Attempts:
         self._metrics = metrics
         self._running: dict[UUID, asyncio.Task[None]] = {}
         self._cutting_off = False  # the shutdown grace ran out: attempts cancelled now are recorded
+        self._in_slots = 0
+        # Read when scraped rather than moved twice per attempt (each move takes the gauge's lock).
+        metrics.inflight.set_function(lambda: self._in_slots)
 
     @property
     def running(self) -> Collection[asyncio.Task[None]]:
@@ -123,13 +126,13 @@ class Attempts:
         result: ExecutionResult | None = None
         try:
             async with self._slots:
-                self._metrics.inflight.inc()
+                self._in_slots += 1
                 began = time.monotonic()
                 try:
                     name = ctx.spec.target.executor
                     result = await execute(self._executors[name], name, ctx)
                 finally:
-                    self._metrics.inflight.dec()
+                    self._in_slots -= 1
         except asyncio.CancelledError:
             if not self._cutting_off:
                 # Deleted while in flight (the ledger marks it cancelled), or abandoned (its lease
