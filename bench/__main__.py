@@ -1,13 +1,14 @@
 """`make bench` / `make bench-quick`: us and our peers, measured in the same run on this machine.
 
-    python -m bench [--quick] [--only core,queues,http,e2e,connections,memory] [--rounds N]
+    python -m bench [--quick] [--only core,queues,http,e2e,connections,memory,scale] [--rounds N]
 
 Sections (see each module): core queue against arq, SAQ and BullMQ (`bench.core`, BullMQ also on
 a redis-server with an append-only file), the core queue through RelayQueues
 (`bench.core.run_queues`), HTTP jobs against one loopback target (`bench.http_section`), end to end
-through the sandbox's API server (`bench.e2e`), connection discipline (`bench.connections`) and
-the operator's memory (`bench.e2e`). Writes bench/results/latest.json (plus a copy named after the
-mode), bench/RESULTS.md and bench/results/throughput.png, and prints the ratios.
+through the sandbox's API server (`bench.e2e`), connection discipline (`bench.connections`),
+the operator's memory (`bench.e2e`) and its cost with many finished RelayJobs (`bench.scale`).
+Writes bench/results/latest.json (plus a copy named after the mode), bench/RESULTS.md,
+bench/results/throughput.png and scale.png, and prints the ratios.
 
 Benchmarks are not tests: nothing here runs in `make test`.
 """
@@ -26,10 +27,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import connections, core, e2e, http_section, report
+from bench import connections, core, e2e, http_section, report, stages
+from bench import scale as scale_section
 from bench.env import BENCH, PEER_PYTHON, RESULTS, WORK, Servers, log, machine
 
-SECTIONS = ("core", "queues", "http", "e2e", "connections", "memory")
+SECTIONS = ("core", "queues", "http", "e2e", "connections", "memory", "scale")
 # The http section's target answers after this long; every system relays at HTTP_CONCURRENCY.
 HTTP_DELAY_S = 0.02
 HTTP_CONCURRENCY = 200
@@ -47,10 +49,16 @@ class Scale:
     naive_deadline: float
     memory_steps: tuple[int, ...]
     http_jobs: int
+    e2e_rounds: int  # its figures are the median of the rounds (issue 20)
+    scale_steps: tuple[int, ...]  # finished RelayJobs in the cluster at each step
+    scale_ledger_rows: int
+    scale_burst: int
 
 
-FULL = Scale(20_000, (10, 100), 2, 2_000, 6_000, 100_000, 200, 60.0, (1_000, 10_000), 20_000)
-QUICK = Scale(5_000, (10, 100), 1, 1_000, 2_000, 20_000, 200, 15.0, (1_000, 3_000), 3_000)
+FULL = Scale(20_000, (10, 100), 2, 2_000, 6_000, 100_000, 200, 60.0, (1_000, 10_000), 20_000, e2e.ROUNDS,
+             (1_000, 10_000, 100_000), 1_000_000, 2_000)  # fmt: skip
+QUICK = Scale(5_000, (10, 100), 1, 1_000, 2_000, 20_000, 200, 15.0, (1_000, 3_000), 3_000, 1,
+              (1_000, 5_000), 100_000, 500)  # fmt: skip
 
 
 def _check_peers() -> None:
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run, under 5 minutes")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
-    parser.add_argument("--rounds", type=int, default=0, help="core and e2e runs per system (best kept)")
+    parser.add_argument("--rounds", type=int, default=0, help="rounds (core: best kept, e2e: median)")
     parser.add_argument("--keep-servers", action="store_true", help="leave the bench's servers running")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(chosen) != {"queues"}:  # the queues section runs us alone: no peers needed
         _check_peers()
     started = time.monotonic()
-    servers = Servers(kube=bool({"e2e", "memory"} & set(chosen)), aof="core" in chosen)
+    servers = Servers(kube=bool({"e2e", "memory", "scale"} & set(chosen)), aof="core" in chosen)
     servers.up()
     result: dict[str, Any] = {
         "machine": machine(),
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     try:
-        _measure(result, servers, chosen, scale, rounds)
+        _measure(result, servers, chosen, scale, rounds, args.rounds or scale.e2e_rounds)
     finally:
         if not args.keep_servers:
             servers.down()
@@ -119,23 +127,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _measure(result: dict[str, Any], servers: Servers, chosen: list[str], scale: Scale, rounds: int) -> None:
+def _measure(
+    result: dict[str, Any], servers: Servers, chosen: list[str], scale: Scale, rounds: int, e2e_rounds: int
+) -> None:
     """Run the `chosen` sections in their order, each adding its figures to `result`."""
     if "core" in chosen:
         log(f"core queue: {scale.core_jobs} jobs at concurrency {scale.concurrencies}, {rounds} round(s)")
         result["core"] = core.run(servers, scale.core_jobs, scale.concurrencies, rounds)
+        result["core"]["stages"] = stages.profile(servers, scale.core_jobs, scale.concurrencies[0])
     if "queues" in chosen:
         result["queues"] = _queues(servers, scale, rounds)
     if "http" in chosen:
         result["http"] = _http(servers, scale, rounds)
     if "e2e" in chosen:
-        log(f"end to end: {scale.e2e_jobs} RelayJobs through the API server")
-        result["e2e"] = e2e.run_e2e(servers, scale.e2e_jobs, scale.raw_patches, rounds)
+        log(f"end to end: {scale.e2e_jobs} RelayJobs through the API server, {e2e_rounds} round(s)")
+        result["e2e"] = e2e.run_e2e(servers, scale.e2e_jobs, scale.raw_patches, e2e_rounds)
     if "connections" in chosen:
         result["connections"] = _connections(servers, scale)
     if "memory" in chosen:
         log(f"memory: idle, then {scale.memory_steps} RelayJobs")
         result["memory"] = e2e.run_memory(servers, scale.memory_steps)
+    if "scale" in chosen:
+        log(f"scale: {scale.scale_steps} finished RelayJobs, {scale.scale_ledger_rows} ledger rows")
+        steps, rows, burst = scale.scale_steps, scale.scale_ledger_rows, scale.scale_burst
+        result["scale"] = scale_section.run(servers, steps, rows, burst)
 
 
 def _queues(servers: Servers, scale: Scale, rounds: int) -> dict[str, Any]:

@@ -33,11 +33,13 @@ from devtools.servers import PostgresServer, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-WORK = BENCH / ".work"
+# Servers, logs and partial figures; RELAY_BENCH_WORKDIR gives a run a directory of its own, so two
+# runs at once do not purge each other's servers. The peers' venv stays where `make bench-setup` put it.
+WORK = Path(os.environ.get("RELAY_BENCH_WORKDIR") or BENCH / ".work")
 RESULTS = BENCH / "results"
 PYTHON = sys.executable
 # arq and SAQ, from a venv of their own (`make bench-setup`): see the Makefile.
-PEER_PYTHON = str(WORK / "peers-venv" / "bin" / "python")
+PEER_PYTHON = str(BENCH / ".work" / "peers-venv" / "bin" / "python")
 _RELAXED = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
 # redis-server's `appendfsync` settings BullMQ is measured with besides no persistence at all.
 AOF_MODES = ("always", "everysec")

@@ -129,6 +129,42 @@ def write_counts(server: KubeAPIServer) -> dict[tuple[str, str, str], float]:
     return counts
 
 
+def refusals(server: KubeAPIServer) -> dict[str, float]:
+    """Requests the API server answered 429 (too many requests in flight), by verb and resource."""
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(server.metrics()):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name.endswith("_total") and labels.get("code") == "429":
+                sub = labels.get("subresource", "")
+                key = f"{labels.get('verb')} {labels.get('resource')}{'/' + sub if sub else ''}"
+                counts[key] = counts.get(key, 0.0) + sample.value
+    return counts
+
+
+def request_seconds(server: KubeAPIServer) -> dict[str, tuple[float, float]]:
+    """The API server's own time on relayjobs requests (`apiserver_request_duration_seconds`): by
+    verb and subresource, the seconds summed and the requests counted."""
+    out: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(server.metrics()):
+        if family.name != "apiserver_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("resource") != "relayjobs" or labels.get("verb") == "WATCH":
+                continue
+            sub = labels.get("subresource", "")
+            key = f"{labels.get('verb')} relayjobs{'/' + sub if sub else ''}"
+            total, count = out.get(key, (0.0, 0.0))
+            if sample.name.endswith("_sum"):
+                out[key] = (total + sample.value, count)
+            elif sample.name.endswith("_count"):
+                out[key] = (total, count + sample.value)
+    return out
+
+
 def delta(
     before: dict[tuple[str, str, str], float], after: dict[tuple[str, str, str], float]
 ) -> dict[tuple[str, str, str], float]:

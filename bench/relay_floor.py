@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from bench.relay_core import AcceptingCluster, check_drained, seed
+from bench.relay_core import AcceptingCluster, check_drained, run_as_operator, seed
 from controller.adapters.ledger import SQL, OutcomeRecord, record_arguments, start_arguments
 from controller.model.jobs import FencingToken
 from controller.model.phases import AttemptOutcome, Phase, Reason
@@ -86,7 +86,7 @@ async def main(redis_url: str, database_url: str, jobs: int, lanes: int, batch: 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    out = asyncio.run(
+    out = run_as_operator(
         main(
             args[0],
             args[1],

@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from bench.relay_core import AcceptingCluster, seed, wait_drained
+from bench.relay_core import AcceptingCluster, run_as_operator, seed, wait_drained
 from controller.adapters.executors.http import HttpConfig
 from controller.runtime.app import App
 from controller.runtime.heap import keep_startup_objects
@@ -53,10 +53,11 @@ async def main(redis_url: str, database_url: str, target: str, jobs: int, concur
     try:
         await seed(app, cluster, jobs, spec={"target": {"http": {"url": target, "method": "POST"}}})
         keep_startup_objects()  # as `relayjob-operator run` does before it starts the loops
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         task = asyncio.create_task(app.run())
         await wait_drained(app, task, jobs, ["default"])
         seconds = time.perf_counter() - began
+        cpu_seconds = time.process_time() - cpu_began
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -70,6 +71,7 @@ async def main(redis_url: str, database_url: str, target: str, jobs: int, concur
         "jobs": finished,
         "seconds": seconds,
         "jobs_per_s": finished / seconds,
+        "cpu_ms_per_job": cpu_seconds * 1000 / jobs,
         "p50_s": float(latency["p50"]),
         "p99_s": float(latency["p99"]),
         "errors": sum(failed.values()),
@@ -80,5 +82,5 @@ async def main(redis_url: str, database_url: str, target: str, jobs: int, concur
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    out = asyncio.run(main(args[0], args[1], args[2], int(args[3]), int(args[4])))
+    out = run_as_operator(main(args[0], args[1], args[2], int(args[3]), int(args[4])))
     print(json.dumps(out), flush=True)

@@ -3,7 +3,10 @@
     python -m bench.tracker URL CA_CERT CLIENT_CERT CLIENT_KEY NAMESPACE RESOURCE_VERSION
 
 Prints `{"name": ..., "at": <time.time()>}` for each RelayJob the first time it is seen
-`Completed`. In the bench's own process this watch shared an event loop with 64 concurrent
+`Completed`, and `{"name": ..., "added": <time.time()>}` the first time it is seen at all (when the
+API server's watch delivered its creation, the moment kopf's watch could have too).
+
+In the bench's own process this watch shared an event loop with 64 concurrent
 creates; it fell behind, the API server closed it as unresponsive, and every `Completed` after
 that was timed late.
 
@@ -81,10 +84,14 @@ async def watch(api: KubeClient, namespace: str, resource_version: str) -> Async
 async def main(url: str, ca: str, cert: str, key: str, namespace: str, version: str) -> None:
     api = client(Credentials(url, ca_path=ca, certificate_path=cert, private_key_path=key), connections=2)
     seen: set[str] = set()
+    added: set[str] = set()
     try:
         async for event in watch(api, namespace, version):
             obj = event["object"]
             name = obj["metadata"]["name"]
+            if name not in added:
+                added.add(name)
+                print(json.dumps({"name": name, "added": time.time()}), flush=True)
             if (obj.get("status") or {}).get("phase") == "Completed" and name not in seen:
                 seen.add(name)
                 print(json.dumps({"name": name, "at": time.time()}), flush=True)
