@@ -12,7 +12,7 @@ import asyncio
 import os
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -111,36 +111,41 @@ async def bounded(limit: int, work: Iterable[Any]) -> list[Any]:
     return list(await asyncio.gather(*(one(w) for w in work)))
 
 
-def write_counts(server: KubeAPIServer) -> dict[tuple[str, str, str], float]:
-    """apiserver_request_total summed by (verb, resource, subresource), for write verbs on
-    relayjobs and events."""
-    counts: dict[tuple[str, str, str], float] = {}
+def request_counts(server: KubeAPIServer) -> Iterator[tuple[dict[str, str], float]]:
+    """Each `apiserver_request_total` sample the API server publishes: its labels and its count."""
     for family in text_string_to_metric_families(server.metrics()):
         if family.name != "apiserver_request":
             continue
         for sample in family.samples:
-            if not sample.name.endswith("_total"):
-                continue
-            labels = sample.labels
-            if labels.get("resource") not in ("relayjobs", "events") or labels.get("verb") not in WRITE_VERBS:
-                continue
-            key = (labels["verb"], labels["resource"], labels.get("subresource", ""))
-            counts[key] = counts.get(key, 0.0) + sample.value
+            if sample.name.endswith("_total"):
+                yield sample.labels, sample.value
+
+
+def request_key(labels: dict[str, str]) -> str:
+    """ "VERB resource[/subresource]", as the bench's tables name a kind of request."""
+    sub = labels.get("subresource", "")
+    return f"{labels.get('verb')} {labels.get('resource')}{'/' + sub if sub else ''}"
+
+
+def write_counts(server: KubeAPIServer) -> dict[tuple[str, str, str], float]:
+    """apiserver_request_total summed by (verb, resource, subresource), for write verbs on
+    relayjobs and events."""
+    counts: dict[tuple[str, str, str], float] = {}
+    for labels, value in request_counts(server):
+        if labels.get("resource") not in ("relayjobs", "events") or labels.get("verb") not in WRITE_VERBS:
+            continue
+        key = (labels["verb"], labels["resource"], labels.get("subresource", ""))
+        counts[key] = counts.get(key, 0.0) + value
     return counts
 
 
 def refusals(server: KubeAPIServer) -> dict[str, float]:
     """Requests the API server answered 429 (too many requests in flight), by verb and resource."""
     counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(server.metrics()):
-        if family.name != "apiserver_request":
-            continue
-        for sample in family.samples:
-            labels = sample.labels
-            if sample.name.endswith("_total") and labels.get("code") == "429":
-                sub = labels.get("subresource", "")
-                key = f"{labels.get('verb')} {labels.get('resource')}{'/' + sub if sub else ''}"
-                counts[key] = counts.get(key, 0.0) + sample.value
+    for labels, value in request_counts(server):
+        if labels.get("code") == "429":
+            key = request_key(labels)
+            counts[key] = counts.get(key, 0.0) + value
     return counts
 
 

@@ -23,11 +23,21 @@ from typing import Any
 import aiohttp
 import asyncpg
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.e2e import CREATE_CONCURRENCY, Tracker, _operator, _start
 from bench.env import Servers, log
-from bench.kube import Operator, admin, bounded, client, create_job, jobs_path, list_version, request
+from bench.kube import (
+    Operator,
+    admin,
+    bounded,
+    client,
+    create_job,
+    jobs_path,
+    list_version,
+    request,
+    request_counts,
+    request_key,
+)
 from controller.adapters.kube import GROUP, PLURAL, KubeClient
 from controller.adapters.ledger import connect as ledger_connect
 from devtools.servers import KubeAPIServer
@@ -60,16 +70,10 @@ def _cpu_s(pid: int) -> float:
 def _requests(server: KubeAPIServer) -> dict[str, float]:
     """apiserver_request_total by "VERB resource", for the resources the operator reads and writes."""
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(server.metrics()):
-        if family.name != "apiserver_request":
-            continue
-        for sample in family.samples:
-            labels = sample.labels
-            if not sample.name.endswith("_total") or labels.get("resource") not in COUNTED_RESOURCES:
-                continue
-            sub = labels.get("subresource")
-            key = f"{labels.get('verb')} {labels['resource']}{'/' + sub if sub else ''}"
-            out[key] = out.get(key, 0.0) + sample.value
+    for labels, value in request_counts(server):
+        if labels.get("resource") in COUNTED_RESOURCES:
+            key = request_key(labels)
+            out[key] = out.get(key, 0.0) + value
     return out
 
 
