@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from uuid import UUID
 
@@ -23,13 +23,14 @@ from kopf._cogs.structs.ephemera import AnyMemo
 from kopf._core.reactor.inventory import ResourceMemories, ResourceMemory
 
 from controller.adapters import json_guard
-from controller.adapters.kube import GROUP, PLURAL, QUEUE_PLURAL, VERSION
+from controller.adapters.kube import GROUP, KIND, PLURAL, QUEUE_PLURAL, VERSION
 from controller.model.schedules import PLURAL as SCHEDULE_PLURAL
 from controller.runtime.app import App
-from controller.runtime.retry import until_done
+from controller.runtime.retry import OUTAGE, until_done
 from controller.settings import Settings
 
 log = logging.getLogger("relayjob.handlers")
+LIST_KIND = f"{KIND}List"
 
 
 class WatchHealth:
@@ -98,14 +99,39 @@ class BoundedJsonResponse(aiohttp.ClientResponse):
         return await super().json(encoding=encoding, loads=loads, content_type=content_type)
 
 
-def bounded_session(info: kopf.ConnectionInfo) -> kopf.AiohttpSession:
-    """The session kopf would open for `info`, but with `BoundedJsonResponse` for every answer."""
+ListPage = Callable[[list[Any]], Awaitable[list[Any]]]
+
+
+def bounded_session(info: kopf.ConnectionInfo, relayjob_page: ListPage | None = None) -> kopf.AiohttpSession:
+    """The session kopf would open for `info`, but with `BoundedJsonResponse` for every answer.
+
+    `relayjob_page`, when given, sees the items of every page of kopf's lists of RelayJobs before
+    kopf does, and returns those kopf should still deliver one by one. kopf reads the next page
+    only once that returns: the one place its list can be made to wait for the handling."""
+    response_class = BoundedJsonResponse
+    if relayjob_page is not None:
+        on_page = relayjob_page
+
+        class RelayJobListResponse(BoundedJsonResponse):
+            async def json(
+                self,
+                *,
+                encoding: str | None = None,
+                loads: aiohttp.typedefs.JSONDecoder = json_guard.loads,
+                content_type: str | None = "application/json",
+            ) -> Any:
+                answer = await super().json(encoding=encoding, loads=loads, content_type=content_type)
+                if isinstance(answer, dict) and answer.get("kind") == LIST_KIND:
+                    answer["items"] = await on_page(answer.get("items") or [])
+                return answer
+
+        response_class = RelayJobListResponse
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
         headers=info.as_http_headers(),
         proxy=info.proxy_url,
         trust_env=info.trust_env,
-        response_class=BoundedJsonResponse,
+        response_class=response_class,
     )
     return kopf.AiohttpSession(
         aiohttp_session=session,
@@ -133,7 +159,7 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.watching.connect_timeout = 10
     settings.watching.inactivity_timeout = 600
     # kopf lists in one request by default: with 100,000 RelayJobs (1.6 KB of JSON each), one answer
-    # of 160 MB decoded at once. In pages, each is handed on before the next is read.
+    # of 160 MB decoded at once. In pages, each is reconciled (`observe_page`) before the next is read.
     settings.watching.chunk_size = 500
     settings.peering.name = ours.peering_name
     settings.peering.priority = ours.peering_priority
@@ -167,10 +193,18 @@ def build_registry(app: App) -> kopf.OperatorRegistry:
     def _startup(*, settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, app.settings)
 
+    async def relayjob_page(items: list[Any]) -> list[Any]:
+        try:
+            return await app.admissions.observe_page(items)
+        except OUTAGE as error:
+            # Nothing is lost: each item then takes the one-by-one path, which waits outages out.
+            log.warning("reading a listed page of %d RelayJobs failed (%s): one by one", len(items), error)
+            return items
+
     @kopf.on.login(registry=registry)
     async def _login(**kwargs: Any) -> kopf.AiohttpSession | None:
         info = kopf.login_via_client(**kwargs)
-        return None if info is None else bounded_session(info)
+        return None if info is None else bounded_session(info, relayjob_page)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def _event(*, type: str | None, event: kopf.RawEvent, **_: Any) -> None:
@@ -185,7 +219,7 @@ def build_registry(app: App) -> kopf.OperatorRegistry:
             uid = UUID(meta["uid"])
             await until_done(lambda: app.admissions.forget(uid), "forget", app.metrics, extra=where)
         else:
-            # kopf delivers the objects of its lists with no type: they are mostly known to the ledger.
+            # kopf delivers the objects of its lists with no type: those `observe_page` left, mostly new.
             listed = type is None
             await until_done(
                 lambda: app.admissions.observe(body, listed=listed), "admission", app.metrics, extra=where

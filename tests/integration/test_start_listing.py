@@ -1,8 +1,9 @@
-"""A process that starts is delivered every RelayJob by kopf's list: the ones the ledger knows cost
-one read each, not an admission; on real Redis and PostgreSQL."""
+"""A process that starts is delivered every RelayJob by kopf's list, a page at a time: the page costs
+one ledger read, the RelayJobs the ledger knows no admission; on real Redis and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -76,3 +77,79 @@ async def test_a_listed_relayjob_whose_status_is_behind_the_ledger_gets_it_writt
         assert cluster.status[ref.uid]["phase"] == "Queued"
     finally:
         await restarted.close()
+
+
+def count_reads(app: App) -> list[str]:
+    """The ledger reads by uid `app` sends, by name, from now on."""
+    sent: list[str] = []
+    ledger = app.ledger
+    get, get_many = ledger.get, ledger.get_many
+
+    async def counted_get(*args: Any, **kwargs: Any) -> Any:
+        sent.append("get")
+        return await get(*args, **kwargs)
+
+    async def counted_get_many(*args: Any, **kwargs: Any) -> Any:
+        sent.append("get_many")
+        return await get_many(*args, **kwargs)
+
+    ledger.get = counted_get  # type: ignore[method-assign]
+    ledger.get_many = counted_get_many  # type: ignore[method-assign]
+    return sent
+
+
+async def test_a_listed_page_is_reconciled_with_one_read_and_only_the_jobs_needing_action_go_on(
+    app: App, cluster: RecordingCluster, settings: Settings
+) -> None:
+    known = [new_ref(f"known-{i}") for i in range(50)]
+    behind, changed, redriven = new_ref("behind"), new_ref("changed"), new_ref("redriven")
+    for ref in (*known, behind, changed, redriven):
+        await app.admissions.observe(cluster.body(ref, NOOP))
+    await app.status.flush([ref.uid for ref in (*known, behind, changed, redriven)])
+    cluster.status.pop(behind.uid)
+    fresh = new_ref("created-while-down")
+    page = [
+        *(cluster.body(ref, NOOP) for ref in known),
+        cluster.body(behind, NOOP),
+        cluster.body(changed, {**NOOP, "priority": 5}, generation=2),
+        cluster.body(redriven, NOOP, annotations={"relay.dev/redrive": "again"}),
+        cluster.body(fresh, NOOP),
+        {"metadata": {"name": "no-uid", "namespace": "default"}},
+    ]
+    patched = dict(cluster.patches)
+    restarted = await App.assemble(settings, cluster, "restarted")
+    writer = asyncio.create_task(restarted.status.run())
+    try:
+        reads, admissions = count_reads(restarted), count_admissions(restarted)
+        left = await restarted.admissions.observe_page(page)
+        assert reads == ["get_many"] and admissions == []
+        await asyncio.wait_for(restarted.status.wait_idle(), 10)
+        assert [body["metadata"]["name"] for body in left] == [
+            "changed",
+            "redriven",
+            "created-while-down",
+            "no-uid",
+        ]
+        assert all(restarted.admissions.seen(ref.uid) for ref in (*known, behind))
+        assert not restarted.admissions.seen(fresh.uid)
+        assert cluster.status[behind.uid]["phase"] == "Queued"
+        assert all(cluster.patches[ref.uid] == patched[ref.uid] for ref in known), "agreeing status rewritten"
+        reads.clear()
+        assert (await restarted.admissions.observe_page(page[:50])) == []
+        assert reads == [], "a page seen at the same generations needs no read"
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await restarted.close()
+
+
+async def test_a_listed_relayjob_whose_status_another_client_wrote_goes_on_to_be_repaired(
+    app: App, cluster: RecordingCluster
+) -> None:
+    ref = new_ref("overwritten")
+    await app.admissions.observe(cluster.body(ref, NOOP))
+    body = cluster.body(ref, NOOP)
+    body["metadata"]["managedFields"] = [
+        {"manager": "kubectl-patch", "subresource": "status", "fieldsV1": {"f:status": {}}}
+    ]
+    assert await app.admissions.observe_page([body]) == [body]
