@@ -98,22 +98,26 @@ async def _ledger_reads(dsn: str) -> dict[str, float]:
     return {"statements": float(row["statements"]), "rows": float(row["rows"]), **reads}
 
 
-async def _settle(pid: int, began: float, dsn: str, since: float, relayjobs: int) -> tuple[float, float]:
-    """Seconds from `began` (time.monotonic) until the operator handled every RelayJob of its
-    start-up list and then used under SETTLED_CPU for a second. Handling a listed RelayJob reads
-    its ledger row (`Admissions.observe`), so statements since `since` (the database's count before
-    the start) must reach half of `relayjobs` first: an operator waiting for a busy API server's
-    list is idle too. Half, because a backend that goes idle publishes its last second's counts
-    only ten seconds later (PostgreSQL's PGSTAT_IDLE_INTERVAL). Also returns the highest RSS (MiB)
-    seen meanwhile, once a second."""
+def _listed(operator: Operator) -> float:
+    """RelayJobs the operator has reconciled from its lists so far, by either path."""
+    values = operator.metric_values()
+    return sum(v for k, v in values.items() if k.startswith("relayjob_listed_relayjobs_total{"))
+
+
+async def _settle(operator: Operator, began: float, relayjobs: int) -> tuple[float, float]:
+    """Seconds from `began` (time.monotonic) until the operator reconciled every RelayJob of its
+    start-up list (`relayjob_listed_relayjobs_total` reaches `relayjobs`: an operator waiting for a
+    busy API server's list is idle too) and then used under SETTLED_CPU for a second. Also returns
+    the highest RSS (MiB) seen meanwhile, once a second."""
     deadline = began + SETTLE_TIMEOUT_S
     peak = 0.0
+    pid = operator.pid
     while time.monotonic() < deadline:
         before = _cpu_s(pid)
         await asyncio.sleep(1.0)
         peak = max(peak, _rss_mib(pid))
         idle = _cpu_s(pid) - before < SETTLED_CPU
-        if idle and (await _ledger_reads(dsn))["statements"] - since >= relayjobs / 2:
+        if idle and await asyncio.to_thread(_listed, operator) >= relayjobs:
             return time.monotonic() - began - 1.0, peak
     raise RuntimeError(f"the operator was still busy {SETTLE_TIMEOUT_S}s after its start")
 
@@ -238,11 +242,11 @@ async def _measure_step(
     operator: Operator, api: KubeClient, server: KubeAPIServer, namespace: str, relayjobs: int, burst: int
 ) -> dict[str, Any]:
     dsn = operator.env["RELAY_DATABASE_URL"]
-    at_start, statements = _requests(server), (await _ledger_reads(dsn))["statements"]
+    at_start = _requests(server)
     began = time.monotonic()
     await asyncio.to_thread(operator.start, 300.0)
     ready_s = time.monotonic() - began
-    settled_s, peak = await _settle(operator.pid, began, dsn, statements, relayjobs)
+    settled_s, peak = await _settle(operator, began, relayjobs)
     rss = _rss_mib(operator.pid)
     log(f"scale: {relayjobs} RelayJobs: ready {ready_s:.1f}s, settled {settled_s:.1f}s, RSS {rss:.0f} MiB")
     cpu0, api0, db0 = _cpu_s(operator.pid), _requests(server), await _ledger_reads(dsn)

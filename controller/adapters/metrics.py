@@ -112,6 +112,13 @@ class Metrics:
             "RelayJob statuses found behind the ledger by reconciliation and written again.",
             registry=r,
         )
+        self.listed = Counter(
+            "relayjob_listed_relayjobs_total",
+            "RelayJobs reconciled from a list of every RelayJob (a start, or a re-list of the watch),"
+            " by path: `page` (known to the ledger, a page at a time) or `event` (one by one).",
+            ["path"],
+            registry=r,
+        )
         self.events = Counter("relayjob_events_total", "Events posted.", ["reason"], registry=r)
         self.events_dropped = Counter(
             "relayjob_events_dropped_total",

@@ -160,6 +160,8 @@ class Admissions:
                 # its way from `_follow`.
                 self.status.mark([ref.uid])
         self._seen[ref.uid] = key
+        if listed:
+            self.metrics.listed.labels("event").inc()
 
     async def observe_page(self, bodies: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         """Reconcile one page of a list of every RelayJob (a start, or a re-list of the watch) with
@@ -198,6 +200,7 @@ class Admissions:
             done.add(uid)
         if behind:
             self.status.mark(behind)
+        self.metrics.listed.labels("page").inc(len(done))
         return [body for uid, body in zip(uids, bodies, strict=True) if uid not in done]
 
     async def _queue_of(self, ref: JobRef, spec: Mapping[str, Any]) -> RelayQueueSpec | None:

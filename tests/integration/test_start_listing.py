@@ -62,6 +62,7 @@ async def test_a_listed_relayjob_the_ledger_does_not_know_is_admitted(
     row = await app.ledger.get(ref.uid)
     assert row is not None and row.phase is Phase.QUEUED
     assert (await app.queue.depth()).ready == 1
+    assert app.metrics.registry.get_sample_value("relayjob_listed_relayjobs_total", {"path": "event"}) == 1
 
 
 async def test_a_listed_relayjob_whose_status_is_behind_the_ledger_gets_it_written(
@@ -131,6 +132,8 @@ async def test_a_listed_page_is_reconciled_with_one_read_and_only_the_jobs_needi
             "no-uid",
         ]
         assert all(restarted.admissions.seen(ref.uid) for ref in (*known, behind))
+        listed = restarted.metrics.registry.get_sample_value
+        assert listed("relayjob_listed_relayjobs_total", {"path": "page"}) == len(known) + 1
         assert not restarted.admissions.seen(fresh.uid)
         assert cluster.status[behind.uid]["phase"] == "Queued"
         assert all(cluster.patches[ref.uid] == patched[ref.uid] for ref in known), "agreeing status rewritten"
