@@ -66,6 +66,21 @@ PRUNE_PAUSE_SECONDS = 0.2
 OLDEST_READY_SECONDS = 5.0
 
 
+class Every:
+    """Something a pass does once per `seconds` (monotonic clock), and at the first pass: due
+    until `done` is told the time of the pass that did it (a failed pass leaves it due)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last: float | None = None
+
+    def due(self, now: float) -> bool:
+        return self._last is None or now - self._last >= self.seconds
+
+    def done(self, at: float) -> None:
+        self._last = at
+
+
 class Maintenance:
     def __init__(
         self,
@@ -96,8 +111,8 @@ class Maintenance:
         self.retention_seconds = retention_seconds
         self.forget = forget
         self.seen = seen
-        self._swept_at: float | None = None  # monotonic time of the last list of the cluster
-        self._repaired_all_at: float | None = None  # of the last status repair without a window
+        self.sweeps = Every(SWEEP_SECONDS)  # lists of the cluster
+        self.whole_repairs = Every(SWEEP_SECONDS)  # status repairs without a window
         self.queues = queues
         self.queue_status_seconds = queue_status_seconds
         self._queue_series: set[str] = set()
@@ -107,7 +122,7 @@ class Maintenance:
         """Put missing active jobs back; returns how many were re-queued."""
         exists = self.seen
         began = time.monotonic()
-        sweep = self._swept_at is None or began - self._swept_at >= SWEEP_SECONDS
+        sweep = self.sweeps.due(began)
         if sweep:
             live = await self._sweep()
             exists = live.__contains__
@@ -131,7 +146,7 @@ class Maintenance:
             self.metrics.requeued.inc(placed)
         self.metrics.reconciles.inc()
         if sweep:
-            self._swept_at = began
+            self.sweeps.done(began)
         return placed
 
     async def _sweep(self) -> set[UUID]:
@@ -170,11 +185,11 @@ class Maintenance:
     async def repair_statuses(self) -> int:
         """Hand statuses behind the ledger to the status writer; returns how many."""
         began = time.monotonic()
-        whole = self._repaired_all_at is None or began - self._repaired_all_at >= SWEEP_SECONDS
+        whole = self.whole_repairs.due(began)
         window = None if whole else STATUS_REPAIR_WINDOW_SECONDS
         behind = await self.ledger.statuses_behind(STATUS_REPAIR_GRACE_SECONDS, window)
         if whole:
-            self._repaired_all_at = began
+            self.whole_repairs.done(began)
         if behind:
             log.warning("%d RelayJob statuses behind the ledger; writing them", len(behind))
             self.metrics.status_repairs.inc(len(behind))

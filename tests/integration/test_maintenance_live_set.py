@@ -90,10 +90,8 @@ async def test_a_job_deleted_while_the_operator_runs_is_not_requeued(
 
 
 async def test_a_deletion_the_watch_missed_is_caught_by_the_next_sweep(
-    app: App, cluster: RecordingCluster, monkeypatch: pytest.MonkeyPatch
+    app: App, cluster: RecordingCluster
 ) -> None:
-    from controller.runtime import maintenance
-
     counted = CountedLists(cluster)
     app.maintenance.kube = counted
     ref = new_ref("missed-delete")
@@ -103,7 +101,7 @@ async def test_a_deletion_the_watch_missed_is_caught_by_the_next_sweep(
     await app.maintenance.rebuild()
     row = await app.ledger.get(ref.uid)
     assert row is not None and not row.deleted  # within the hour, the watch's live set is trusted
-    monkeypatch.setattr(maintenance, "SWEEP_SECONDS", 0.0)
+    app.maintenance.sweeps.seconds = 0.0  # an hour later
     await app.maintenance.rebuild()
     row = await app.ledger.get(ref.uid)
     assert row is not None and row.deleted and row.phase is Phase.CANCELLED
@@ -111,10 +109,8 @@ async def test_a_deletion_the_watch_missed_is_caught_by_the_next_sweep(
 
 
 async def test_a_status_behind_for_longer_than_the_window_is_repaired_by_the_hourly_pass(
-    app: App, cluster: RecordingCluster, monkeypatch: pytest.MonkeyPatch
+    app: App, cluster: RecordingCluster
 ) -> None:
-    from controller.runtime import maintenance
-
     ref = new_ref("long-behind")
     await app.admissions.observe(cluster.body(ref, NOOP))
     await app.maintenance.repair_statuses()  # the process's first pass reads the whole ledger
@@ -125,5 +121,5 @@ async def test_a_status_behind_for_longer_than_the_window_is_repaired_by_the_hou
         ref.uid,
     )
     assert await app.maintenance.repair_statuses() == 0  # outside the window
-    monkeypatch.setattr(maintenance, "SWEEP_SECONDS", 0.0)
+    app.maintenance.whole_repairs.seconds = 0.0  # an hour later
     assert await app.maintenance.repair_statuses() == 1
