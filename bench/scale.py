@@ -27,6 +27,7 @@ import psutil
 from bench.e2e import CREATE_CONCURRENCY, Tracker, _operator, _start
 from bench.env import Servers, log
 from bench.kube import (
+    CALL_TIMEOUT,
     Operator,
     admin,
     bounded,
@@ -38,7 +39,7 @@ from bench.kube import (
     request_counts,
     request_key,
 )
-from controller.adapters.kube import GROUP, PLURAL, KubeClient
+from controller.adapters.kube import GROUP, PLURAL, KubeClient, KubeError
 from controller.adapters.ledger import connect as ledger_connect
 from devtools.servers import KubeAPIServer
 
@@ -145,10 +146,12 @@ async def _finished_jobs(
     stored: dict[str, Any],
     first: int,
     count: int,
-) -> None:
+) -> int:
     """`count` RelayJobs showing `Completed` (as users leave them), each with the ledger row the
     operator recorded for it: copies of the job `template` and of the RelayJob `stored` for it
-    (status written by the operator), but for uid and name, a day older in the ledger.
+    (status written by the operator, and recorded as written in the ledger: the template's own
+    record of that may still be on its way), but for uid and name, a day older in the ledger.
+    Returns the etcd revision of the last write.
 
     They are written into etcd as the API server stores them, in transactions of ETCD_TXN_PUTS,
     and reach the API server through its watch of etcd: creating them through the API (a create
@@ -163,7 +166,7 @@ async def _finished_jobs(
         " created_at, queued_at, started_at, finished_at, updated_at, priority, queue)"
         " SELECT n.uid, t.namespace, n.name, t.generation, t.spec, t.phase, t.nullifier,"
         " t.nullifier_state, t.run, t.attempts, t.retries, t.max_attempts, t.result, t.reason, t.message,"
-        " t.version, t.status_version, t.created_at - $4::interval, t.queued_at - $4::interval,"
+        " t.version, t.version, t.created_at - $4::interval, t.queued_at - $4::interval,"
         " t.started_at - $4::interval, t.finished_at - $4::interval, t.updated_at - $4::interval,"
         " t.priority, t.queue"
         " FROM unnest($1::uuid[], $2::text[]) AS n(uid, name), (SELECT * FROM jobs WHERE uid = $3) AS t",
@@ -177,14 +180,35 @@ async def _finished_jobs(
         body = {**stored, "metadata": {**stored["metadata"], "uid": str(uid), "name": name}}
         return {"requestPut": {"key": _b64(_etcd_key(namespace, name)), "value": _b64(json.dumps(body))}}
 
-    async def txn(lo: int) -> None:
+    async def txn(lo: int) -> int:
         ops = [put(uids[i], names[i]) for i in range(lo, min(lo + ETCD_TXN_PUTS, count))]
         async with etcd.post("/v3/kv/txn", json={"success": ops}) as response:
             if response.status != 200:
                 raise RuntimeError(f"etcd refused a transaction: {response.status} {await response.text()}")
+            return int((await response.json())["header"]["revision"])
 
-    await bounded(8, (txn(lo) for lo in range(0, count, ETCD_TXN_PUTS)))
+    revisions = await bounded(8, (txn(lo) for lo in range(0, count, ETCD_TXN_PUTS)))
     log(f"scale: {count} finished RelayJobs written in {time.monotonic() - began:.1f}s")
+    return int(max(revisions))
+
+
+async def _caught_up(api: KubeClient, namespace: str, revision: int) -> None:
+    """Until the API server's watch cache holds etcd `revision`: the writes behind its back reach
+    it through its watch of etcd, and until then a list at a later resource version fails (504
+    "Too large resource version"), which kopf retries for under a minute before it stops."""
+    began = time.monotonic()
+    params = {"limit": "1", "resourceVersion": str(revision), "resourceVersionMatch": "NotOlderThan"}
+    while time.monotonic() - began < SETTLE_TIMEOUT_S:
+        try:
+            await api.call("GET", jobs_path(namespace), params=params, timeout=CALL_TIMEOUT)
+        except KubeError as error:
+            if error.status not in (429, 504):
+                raise
+            await asyncio.sleep(1.0)
+        else:
+            log(f"scale: the API server caught up with etcd in {time.monotonic() - began:.1f}s")
+            return
+    raise RuntimeError(f"the API server did not reach etcd revision {revision} in {SETTLE_TIMEOUT_S}s")
 
 
 async def _fill_ledger(pool: asyncpg.Pool, namespace: str, template: asyncpg.Record, rows: int) -> None:
@@ -305,6 +329,8 @@ async def _scale(servers: Servers, steps: tuple[int, ...], ledger_rows: int, bur
         )
         assert template is not None
         stored = await _stored(etcd, _etcd_key(namespace, "empty-00000"))
+        if (stored.get("status") or {}).get("phase") != "Completed":
+            raise RuntimeError(f"the template RelayJob is not Completed: {stored.get('status')}")
         # The burst's RelayJobs go, so that the first step holds just its own; their rows stay in
         # the ledger, waiting for retention, once the operator has seen them deleted.
         await request(api, "DELETE", jobs_path(namespace))
@@ -318,9 +344,10 @@ async def _scale(servers: Servers, steps: tuple[int, ...], ledger_rows: int, bur
         have = 0
         by_relayjobs = []
         for step in steps:
-            await _finished_jobs(etcd, pool, template, stored, have, step - have)
+            revision = await _finished_jobs(etcd, pool, template, stored, have, step - have)
             have = step
             await _fill_ledger(pool, namespace, template, max(ledger_rows, step))
+            await _caught_up(api, namespace, revision)
             figures = await _measure_step(operator, api, server, namespace, step, burst)
             have += burst  # the step's burst left its finished RelayJobs too
             figures["ledger_rows"] = int(await pool.fetchval("SELECT count(*) FROM jobs"))
