@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -142,12 +142,37 @@ def bounded_session(info: kopf.ConnectionInfo, relayjob_page: ListPage | None = 
     )
 
 
-def bound_watch_decoding() -> None:
-    """Make kopf decode watch events with `json_guard.loads`. kopf splits the stream into lines
+class WatchDecoder:
+    """What kopf decodes each line of its watch streams with: `json_guard.loads`, and then, for a
+    RelayJob MODIFIED event that `unchanged` says needs no handling, a BOOKMARK at the object's
+    resource version instead of the event.
+
+    Why: the watch delivers every status patch the operator makes back to it. Each such event cost
+    kopf a worker, its processing and its `idle_timeout`, on the event loop the worker shares, for
+    a handler that then returned at once. A BOOKMARK still moves kopf's resource version on (a
+    reconnecting watch resumes after it), and kopf hands no BOOKMARK to a handler."""
+
+    def __init__(self, unchanged: Callable[[Mapping[str, Any]], bool] | None = None) -> None:
+        self.unchanged = unchanged
+
+    def loads(self, text: str | bytes | bytearray) -> Any:
+        event = json_guard.loads(text)
+        if self.unchanged is None or not isinstance(event, dict) or event.get("type") != "MODIFIED":
+            return event
+        body = event.get("object")
+        if not isinstance(body, dict) or body.get("kind") != KIND or not self.unchanged(body):
+            return event
+        meta = {"resourceVersion": (body.get("metadata") or {}).get("resourceVersion")}
+        mark = {"apiVersion": body.get("apiVersion"), "kind": KIND, "metadata": meta}
+        return {"type": "BOOKMARK", "object": mark}
+
+
+def bound_watch_decoding(unchanged: Callable[[Mapping[str, Any]], bool] | None = None) -> None:
+    """Make kopf decode watch events with a `WatchDecoder`. kopf splits the stream into lines
     itself and decodes each with the `json` module it imported, which no setting or session can
-    replace; its `json` is therefore swapped for `json_guard`, which offers the same `loads`.
+    replace; its `json` is therefore swapped for an object that offers the same `loads`.
     `tests/integration/test_kopf_decoding.py` fails if kopf stops decoding the stream that way."""
-    kopf_api.json = json_guard  # type: ignore[attr-defined]
+    kopf_api.json = WatchDecoder(unchanged)  # type: ignore[attr-defined,assignment]
 
 
 def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
@@ -186,7 +211,7 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
 
 
 def build_registry(app: App) -> kopf.OperatorRegistry:
-    bound_watch_decoding()
+    bound_watch_decoding(app.admissions.unchanged)
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)

@@ -163,6 +163,16 @@ class Admissions:
         if listed:
             self.metrics.listed.labels("event").inc()
 
+    def unchanged(self, body: Mapping[str, Any]) -> bool:
+        """Whether `observe` would do nothing for this RelayJob: seen at this generation and
+        re-drive value, and its status last written by the operator (mostly its own status patch
+        coming back through the watch). In memory only: kopf's watch decoding asks it per event."""
+        meta = body.get("metadata") or {}
+        uid = _uid_of(body)
+        if uid is None or self._seen.get(uid) != version_key(meta):
+            return False
+        return not status_written_by_another(meta)
+
     async def observe_page(self, bodies: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         """Reconcile one page of a list of every RelayJob (a start, or a re-list of the watch) with
         one ledger read for the whole page. A RelayJob the ledger knows at this generation and

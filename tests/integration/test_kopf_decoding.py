@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import kopf
 import pytest
@@ -21,8 +21,7 @@ from kopf._cogs.structs import credentials
 
 from controller.adapters import json_guard
 from controller.adapters.kube import GROUP, PLURAL, VERSION
-from controller.handlers import bounded_session, build_registry
-from controller.runtime.app import App
+from controller.handlers import bound_watch_decoding, bounded_session
 
 pytestmark = pytest.mark.integration
 PATH = f"/apis/{GROUP}/{VERSION}/namespaces/ns/{PLURAL}"
@@ -70,7 +69,7 @@ async def api_server() -> AsyncIterator[str]:
 @pytest.fixture
 async def logged_in(api_server: str) -> AsyncIterator[None]:
     """kopf's credentials as the operator's login handler gives them, for kopf's API calls."""
-    build_registry(cast(App, None))  # as the operator does: it also bounds the watch decoding
+    bound_watch_decoding()  # as the operator's registry does
     info = bounded_session(kopf.ConnectionInfo(server=api_server))
     token = auth.vault_var.set(credentials.Vault({"operator": info}))
     yield
@@ -118,3 +117,24 @@ async def test_kopf_watches_relayjobs_of_any_depth_and_cuts_the_deep_one() -> No
     assert [e["object"]["metadata"]["name"] for e in events] == ["deep", "plain"]
     assert events[1]["object"]["spec"]["payload"] == {"order": 42}
     assert payload_depth(events[0]["object"]) == (json_guard.MAX_DEPTH - 4, json_guard.TRUNCATED)
+
+
+@pytest.mark.usefixtures("logged_in")
+async def test_kopf_gets_a_bookmark_for_a_relayjob_event_that_needs_no_handling() -> None:
+    bound_watch_decoding(lambda body: body["metadata"]["name"] == "plain")
+    stopper: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    stream = watching.watch_objs(
+        settings=kopf.OperatorSettings(),
+        resource=RESOURCE,
+        namespace="ns",
+        since="7",
+        operator_pause_waiter=stopper,
+    )
+    events = [event async for event in stream]
+    assert [e["type"] for e in events] == ["MODIFIED", "BOOKMARK"]
+    assert events[0]["object"]["metadata"]["name"] == "deep"
+    assert events[1]["object"] == {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "RelayJob",
+        "metadata": {"resourceVersion": "7"},
+    }
