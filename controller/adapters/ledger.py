@@ -226,7 +226,7 @@ SQL = {
         "admit", "admit_many", "attempts_of", "cancel", "cancel_attempts", "find_queue", "follow",
         "get", "get_many", "live_uids", "lose_queue", "nullifier_holder", "oldest_ready",
         "queue_counts", "queue_waiters", "queues_awaited", "record", "redrive", "redrive_ignored",
-        "prune", "redrive_lock", "redrive_seen", "refuse", "start", "statuses_behind",
+        "prune", "redrive_lock", "redrive_seen", "refuse", "shown", "start", "statuses_behind",
         "statuses_written", "ttl_due", "versions", "waiting",
     )
 }  # fmt: skip
@@ -242,6 +242,18 @@ RECORD_PHASES = (
     HELD_FROM, HELD_PHASE, HELD_REASON, HELD_RETRY_NOTE, Phase.PROCESSING, Phase.COMPLETED,
     Phase.DEAD_LETTERED, AttemptOutcome.RUNNING,
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A job as a listed RelayJob is compared with it: what admission followed last (generation,
+    re-drive value) and what its status must show (phase, attempts)."""
+
+    uid: UUID
+    generation: int
+    redrive_token: str | None
+    phase: Phase
+    attempts: int
 
 
 @dataclass(frozen=True)
@@ -401,6 +413,15 @@ class Ledger:
     async def get_many(self, uids: Iterable[UUID]) -> dict[UUID, JobRow]:
         records = await self.pool.fetch(SQL["get_many"], list(uids))
         return {r["uid"]: to_row(r) for r in records}
+
+    async def shown(self, uids: Iterable[UUID]) -> dict[UUID, Shown]:
+        """`Shown` for each of `uids` the ledger holds (deleted ones too), by uid: what a page of a
+        RelayJob list is checked against, without the spec a `JobRow` parses."""
+        records = await self.pool.fetch(SQL["shown"], list(uids))
+        return {
+            r["uid"]: Shown(r["uid"], r["generation"], r["redrive_token"], Phase(r["phase"]), r["attempts"])
+            for r in records
+        }
 
     async def admit_many(self, jobs: Sequence[NewJob]) -> dict[UUID, JobRow]:
         """Insert new jobs in one statement and return the rows it created. A job missing from

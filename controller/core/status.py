@@ -15,11 +15,11 @@ from controller.model.phases import Phase
 
 
 def _condition(
-    ctype: str, status: bool, reason: str, message: str, at: str, generation: int
+    ctype: str, status: str, reason: str, message: str, at: str, generation: int
 ) -> dict[str, Any]:
     return {
         "type": ctype,
-        "status": "True" if status else "False",
+        "status": status,
         "reason": reason,
         "message": message,
         "lastTransitionTime": at,
@@ -37,40 +37,45 @@ def _utc(value: datetime) -> str:
 
 
 def conditions_for(row: JobRow, now: datetime) -> list[dict[str, Any]]:
-    """`Succeeded` and `Failed` as batch/v1 Job has them, so `kubectl wait` works the same way."""
-    at = _utc(row.finished_at or now)
-    gen = row.generation
+    """`Succeeded` and `Failed` as batch/v1 Job has them, so `kubectl wait` works the same way:
+    since the job finished (or `now`) once it has, else since it was queued."""
+    if row.phase in (Phase.COMPLETED, Phase.DEAD_LETTERED, Phase.REJECTED):
+        at = _utc(row.finished_at or now)
+    else:
+        at = _utc(row.queued_at or row.created_at)
     reason = row.reason or row.phase.value
     message = row.message or ""
-    if row.phase is Phase.COMPLETED:
-        return [
-            _condition("Succeeded", True, reason, message, at, gen),
-            _condition("Failed", False, reason, message, at, gen),
-        ]
-    if row.phase in (Phase.DEAD_LETTERED, Phase.REJECTED):
-        return [
-            _condition("Succeeded", False, reason, message, at, gen),
-            _condition("Failed", True, reason, message, at, gen),
-        ]
-    since = _utc(row.queued_at or row.created_at)
     return [
-        _condition("Succeeded", False, reason, message, since, gen),
-        _condition("Failed", False, reason, message, since, gen),
+        _condition(ctype, status, reason, message, at, row.generation)
+        for ctype, status in condition_statuses(row.phase).items()
     ]
+
+
+def condition_statuses(phase: Phase) -> dict[str, str]:
+    """The `status` of each condition `conditions_for` gives a row in `phase`, by type."""
+    if phase is Phase.COMPLETED:
+        return {"Succeeded": "True", "Failed": "False"}
+    if phase in (Phase.DEAD_LETTERED, Phase.REJECTED):
+        return {"Succeeded": "False", "Failed": "True"}
+    return {"Succeeded": "False", "Failed": "False"}
 
 
 def status_agrees(status: Mapping[str, Any], row: JobRow) -> bool:
     """Whether a RelayJob's `.status` shows what the ledger row says, in the fields a user acts on
     (phase, attempts, observed generation, and the conditions `kubectl wait` reads)."""
+    return status_shows(status, row.phase, row.attempts, row.generation)
+
+
+def status_shows(status: Mapping[str, Any], phase: Phase, attempts: int, generation: int) -> bool:
+    """`status_agrees` for a ledger row's phase, attempts and generation."""
     if (
-        status.get("phase") != row.phase.value
-        or status.get("attempts") != row.attempts
-        or status.get("observedGeneration") != row.generation
+        status.get("phase") != phase.value
+        or status.get("attempts") != attempts
+        or status.get("observedGeneration") != generation
     ):
         return False
     shown = {c.get("type"): c.get("status") for c in status.get("conditions") or () if isinstance(c, dict)}
-    expected = {c["type"]: c["status"] for c in conditions_for(row, row.created_at)}
-    return shown == expected
+    return shown == condition_statuses(phase)
 
 
 def status_document(row: JobRow, now: datetime) -> dict[str, Any]:

@@ -15,13 +15,13 @@ from typing import Any
 from uuid import UUID
 
 from controller.adapters.kube import FIELD_MANAGER
-from controller.adapters.ledger import UNSTORABLE, Admission, Ledger, NewJob, RedriveVerdict, Refusal
+from controller.adapters.ledger import UNSTORABLE, Admission, Ledger, NewJob, RedriveVerdict, Refusal, Shown
 from controller.adapters.metrics import Metrics
 from controller.adapters.queue import Placement, Queue
 from controller.core.admission import Admitted, admit
 from controller.core.changes import follow, ignored_message
 from controller.core.scoring import ready_score
-from controller.core.status import status_agrees
+from controller.core.status import status_agrees, status_shows
 from controller.core.transitions import admitted
 from controller.model.jobs import JobRef, JobRow
 from controller.model.phases import Phase, Reason
@@ -77,7 +77,7 @@ def version_key(meta: Mapping[str, Any]) -> tuple[int, str | None]:
     return int(meta.get("generation") or 1), (meta.get("annotations") or {}).get(REDRIVE_ANNOTATION)
 
 
-def nothing_to_follow(row: JobRow, generation: int, redrive: str | None) -> bool:
+def nothing_to_follow(row: JobRow | Shown, generation: int, redrive: str | None) -> bool:
     """Whether the ledger row already reflects this generation and re-drive value (`_follow`)."""
     return generation <= row.generation and (not redrive or redrive == row.redrive_token)
 
@@ -180,7 +180,7 @@ class Admissions:
         and its status is marked for writing if it is behind the ledger. Returns the rest, in
         order, each for `observe(listed=True)`: new jobs, changed ones, malformed ones.
 
-        Raises what `Ledger.get_many` raises; nothing is recorded as seen then.
+        Raises what `Ledger.shown` raises; nothing is recorded as seen then.
 
         Why a page at once: kopf gives each listed object a worker of its own, held for its
         `idle_timeout` after the event, and reads the next page without waiting for them. At
@@ -197,14 +197,14 @@ class Admissions:
                 done.add(uid)
             else:
                 pending[uid] = body
-        rows = await self.ledger.get_many(pending) if pending else {}
+        rows = await self.ledger.shown(pending) if pending else {}
         behind: list[UUID] = []
         for uid, body in pending.items():
             row = rows.get(uid)
             generation, redrive = key = version_key(body["metadata"])
             if row is None or not nothing_to_follow(row, generation, redrive):
                 continue
-            if not status_agrees(body.get("status") or {}, row):
+            if not status_shows(body.get("status") or {}, row.phase, row.attempts, row.generation):
                 behind.append(uid)
             self._seen[uid] = key
             done.add(uid)

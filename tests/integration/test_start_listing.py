@@ -84,7 +84,7 @@ def count_reads(app: App) -> list[str]:
     """The ledger reads by uid `app` sends, by name, from now on."""
     sent: list[str] = []
     ledger = app.ledger
-    get, get_many = ledger.get, ledger.get_many
+    get, get_many, shown = ledger.get, ledger.get_many, ledger.shown
 
     async def counted_get(*args: Any, **kwargs: Any) -> Any:
         sent.append("get")
@@ -94,8 +94,13 @@ def count_reads(app: App) -> list[str]:
         sent.append("get_many")
         return await get_many(*args, **kwargs)
 
+    async def counted_shown(*args: Any, **kwargs: Any) -> Any:
+        sent.append("shown")
+        return await shown(*args, **kwargs)
+
     ledger.get = counted_get  # type: ignore[method-assign]
     ledger.get_many = counted_get_many  # type: ignore[method-assign]
+    ledger.shown = counted_shown  # type: ignore[method-assign]
     return sent
 
 
@@ -123,7 +128,7 @@ async def test_a_listed_page_is_reconciled_with_one_read_and_only_the_jobs_needi
     try:
         reads, admissions = count_reads(restarted), count_admissions(restarted)
         left = await restarted.admissions.observe_page(page)
-        assert reads == ["get_many"] and admissions == []
+        assert reads == ["shown"] and admissions == []
         await asyncio.wait_for(restarted.status.wait_idle(), 10)
         assert [body["metadata"]["name"] for body in left] == [
             "changed",
