@@ -211,12 +211,13 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
 
 
 def build_registry(app: App) -> kopf.OperatorRegistry:
-    bound_watch_decoding(app.admissions.unchanged)
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
     def _startup(*, settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, app.settings)
+        # kopf opens its watches only after the startup handlers have run.
+        bound_watch_decoding(app.admissions.unchanged)
 
     async def relayjob_page(items: list[Any]) -> list[Any]:
         try:

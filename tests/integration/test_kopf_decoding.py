@@ -69,7 +69,7 @@ async def api_server() -> AsyncIterator[str]:
 @pytest.fixture
 async def logged_in(api_server: str) -> AsyncIterator[None]:
     """kopf's credentials as the operator's login handler gives them, for kopf's API calls."""
-    bound_watch_decoding()  # as the operator's registry does
+    bound_watch_decoding()  # as the operator does at startup
     info = bounded_session(kopf.ConnectionInfo(server=api_server))
     token = auth.vault_var.set(credentials.Vault({"operator": info}))
     yield

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Mapping
+from types import SimpleNamespace
+from typing import Any, cast
 
 import kopf
+from kopf._cogs.clients import api as kopf_api
+from kopf._core.intents.causes import Activity
 
 from controller.adapters.kube import GROUP, PLURAL, VERSION
-from controller.handlers import build_registry, configure
+from controller.handlers import WatchDecoder, build_registry, configure
 from controller.runtime.app import App
 from controller.settings import Settings
 
@@ -38,3 +42,23 @@ def test_no_diff_base_is_built_because_no_handler_needs_one() -> None:
     storage = settings.persistence.diffbase_storage
     assert storage.fetch(body=body) is None
     assert storage.build(body=body) == {}
+
+
+def test_the_startup_handler_binds_watch_decoding_to_the_apps_admissions() -> None:
+    """kopf opens its watches after the startup handlers; the operator's startup binds kopf's watch
+    decoding to the app's `Admissions.unchanged`, so that its own status echoes become bookmarks.
+    Building the registry alone binds nothing (it needs no app yet)."""
+
+    def unchanged(body: Mapping[str, Any]) -> bool:
+        return False
+
+    app = SimpleNamespace(
+        settings=Settings(redis_url="redis://x", database_url="postgresql://x"),
+        admissions=SimpleNamespace(unchanged=unchanged),
+    )
+    registry = build_registry(cast(App, app))
+    (startup,) = registry._activities.get_handlers(activity=Activity.STARTUP)
+    startup.fn(settings=kopf.OperatorSettings())  # type: ignore[call-arg]
+    decoder = kopf_api.json  # type: ignore[attr-defined]
+    assert isinstance(decoder, WatchDecoder)
+    assert decoder.unchanged is unchanged
