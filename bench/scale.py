@@ -55,6 +55,7 @@ AGE = timedelta(days=1)
 GONE = "SELECT count(*) FROM jobs WHERE namespace = $1 AND deleted_at IS NOT NULL"
 # RelayJobs written into etcd per transaction (etcd's --max-txn-ops is 128 by default).
 ETCD_TXN_PUTS = 100
+RAW_CREATES = 1000  # RelayJobs created where no operator watches, before each burst
 # The resources the operator reads and writes (the API server also serves itself: leases, ...).
 COUNTED_RESOURCES = ("relayjobs", "relayqueues", "relayschedules", "events", "secrets", "kopfpeerings")
 
@@ -241,6 +242,15 @@ async def _fill_ledger(pool: asyncpg.Pool, namespace: str, template: asyncpg.Rec
     log(f"scale: ledger filled to {rows} rows in {time.monotonic() - began:.1f}s")
 
 
+async def _raw_creates(api: KubeClient, namespace: str, jobs: int) -> float:
+    """Creates/s of `jobs` RelayJobs in `namespace`, which no operator watches: what the API
+    server alone gives, to tell its slowing down with the RelayJobs it holds from ours."""
+    await request(api, "POST", "/api/v1/namespaces", json={"metadata": {"name": namespace}})
+    began = time.perf_counter()
+    await bounded(CREATE_CONCURRENCY, (create_job(api, namespace, f"raw-{i:05d}") for i in range(jobs)))
+    return jobs / (time.perf_counter() - began)
+
+
 async def _burst(api: KubeClient, server: KubeAPIServer, namespace: str, prefix: str, jobs: int) -> float:
     """Jobs/s of `jobs` fresh RelayJobs, from the first create to the last `Completed` seen."""
     tracker = Tracker()
@@ -305,6 +315,8 @@ async def _measure_step(
         f" {figures['maintenance_api_requests']} API requests,"
         f" {figures['maintenance_ledger_rows_read']} ledger rows read"
     )
+    raw = await _raw_creates(api, f"{namespace}-raw{relayjobs}", RAW_CREATES)
+    figures["raw_creates_per_s"] = round(raw, 1)
     figures["burst_jobs_per_s"] = round(await _burst(api, server, namespace, f"b{relayjobs}", burst), 1)
     figures["rss_after_burst_mib"] = round(_rss_mib(operator.pid), 1)
     log(f"scale: burst of {burst} at {relayjobs} RelayJobs: {figures['burst_jobs_per_s']} jobs/s")
@@ -321,8 +333,9 @@ async def _scale(servers: Servers, steps: tuple[int, ...], ledger_rows: int, bur
     etcd = aiohttp.ClientSession(base_url=servers.sandbox.etcd.url)
     try:
         await _start(operator, api, server, namespace)
+        raw_empty = await _raw_creates(api, f"{namespace}-raw0", RAW_CREATES)
         empty = await _burst(api, server, namespace, "empty", burst)
-        log(f"scale: burst of {burst} on an empty cluster: {empty:.1f} jobs/s")
+        log(f"scale: burst of {burst} on an empty cluster: {empty:.1f} jobs/s; raw creates {raw_empty:.0f}/s")
         pool = await ledger_connect(operator.env["RELAY_DATABASE_URL"], 1, 16, timeout=10)
         template = await pool.fetchrow(
             "SELECT * FROM jobs WHERE namespace = $1 AND name = $2", namespace, "empty-00000"
@@ -366,6 +379,8 @@ async def _scale(servers: Servers, steps: tuple[int, ...], ledger_rows: int, bur
     return {
         **{k: last[k] for k in keys},
         "burst_empty_jobs_per_s": round(empty, 1),
+        "raw_creates_per_s": last["raw_creates_per_s"],
+        "raw_creates_empty_per_s": round(raw_empty, 1),
         "burst_jobs": burst,
         "interval_s": INTERVAL_S,
         "by_relayjobs": by_relayjobs,
