@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 import psutil
 
-from bench.env import PYTHON, ROOT, WORK, Servers, log
+from bench.env import PYTHON, ROOT, WORK, Servers, cpu_seconds, log
 from bench.kube import (
     Operator,
     admin,
@@ -150,17 +150,6 @@ def _mean_seconds(
     return out
 
 
-def _cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
-    """CPU time used so far by each named process, which must be running."""
-    out = {}
-    for name, pid in pids.items():
-        if pid is None:
-            raise RuntimeError(f"{name} is not running")
-        times = psutil.Process(pid).cpu_times()
-        out[name] = float(times.user + times.system)
-    return out
-
-
 async def _legs(dsn: str, namespace: str, tracker: Tracker, names: list[str]) -> dict[str, Any]:
     """Each job's create-to-Completed time cut at the ledger's own timestamps: when admission
     recorded it, and when its outcome was recorded. PostgreSQL runs on this machine, so its clock is
@@ -208,7 +197,7 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
         refused_before = refusals(server)
         timed_before = request_seconds(server)
         processes = {"operator": operator.pid, "kube_apiserver": server.pid}
-        cpu_before = _cpu_seconds(processes)
+        cpu_before = cpu_seconds(processes)
         names = [f"e2e-{i:05d}" for i in range(jobs)]
         began = await _create_and_wait(api, namespace, names, tracker, timeout=600)
         finished = max(tracker.completed.values())
@@ -216,7 +205,7 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
         after = write_counts(server)
         refused_after = refusals(server)
         timed_after = request_seconds(server)
-        cpu_after = _cpu_seconds(processes)
+        cpu_after = cpu_seconds(processes)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)  # the tracker process is reaped
         metrics = operator.metric_values()

@@ -25,7 +25,7 @@ import asyncpg
 import psutil
 
 from bench.e2e import CREATE_CONCURRENCY, Tracker, _operator, _start
-from bench.env import Servers, log
+from bench.env import Servers, cpu_seconds, log
 from bench.kube import (
     CALL_TIMEOUT,
     Operator,
@@ -251,8 +251,21 @@ async def _raw_creates(api: KubeClient, namespace: str, jobs: int) -> float:
     return jobs / (time.perf_counter() - began)
 
 
-async def _burst(api: KubeClient, server: KubeAPIServer, namespace: str, prefix: str, jobs: int) -> float:
-    """Jobs/s of `jobs` fresh RelayJobs, from the first create to the last `Completed` seen."""
+async def _burst(
+    api: KubeClient, servers: Servers, operator: Operator, namespace: str, prefix: str, jobs: int
+) -> dict[str, Any]:
+    """Jobs/s of `jobs` fresh RelayJobs, from the first create to the last `Completed` seen, and
+    what each job cost: CPU milliseconds of each server and ledger rows read. When the burst
+    slows as the cluster holds more RelayJobs, these say whose work per job grew."""
+    server = servers.sandbox.apiserver
+    dsn = operator.env["RELAY_DATABASE_URL"]
+    pids = {
+        "operator": operator.pid,
+        "kube-apiserver": server.pid,
+        "etcd": servers.sandbox.etcd.pid,
+        "postgres": servers.postgres.pid,
+    }
+    cpu0, db0 = cpu_seconds(pids), await _ledger_reads(dsn)
     tracker = Tracker()
     version = await list_version(api, namespace)
     watcher = asyncio.create_task(tracker.follow(server, namespace, version))
@@ -266,15 +279,23 @@ async def _burst(api: KubeClient, server: KubeAPIServer, namespace: str, prefix:
                 tracker.all_done.clear()
                 tracker.expected = len(tracker.completed) + len(missing)
                 await tracker.all_done.wait()
-        return jobs / (max(tracker.completed[n] for n in names) - began)
+        jobs_per_s = jobs / (max(tracker.completed[n] for n in names) - began)
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+    await asyncio.sleep(1.0)  # PostgreSQL publishes its statistics up to a second late
+    cpu1, db1 = cpu_seconds(pids), await _ledger_reads(dsn)
+    return {
+        "jobs_per_s": round(jobs_per_s, 1),
+        "cpu_ms_per_job": {k: round(1000 * (cpu1[k] - cpu0[k]) / jobs, 2) for k in pids},
+        "ledger_rows_read_per_job": round((db1["rows"] - db0["rows"]) / jobs, 1),
+    }
 
 
 async def _measure_step(
-    operator: Operator, api: KubeClient, server: KubeAPIServer, namespace: str, relayjobs: int, burst: int
+    operator: Operator, api: KubeClient, servers: Servers, namespace: str, relayjobs: int, burst: int
 ) -> dict[str, Any]:
+    server = servers.sandbox.apiserver
     dsn = operator.env["RELAY_DATABASE_URL"]
     at_start = _requests(server)
     began = time.monotonic()
@@ -317,9 +338,12 @@ async def _measure_step(
     )
     raw = await _raw_creates(api, f"{namespace}-raw{relayjobs}", RAW_CREATES)
     figures["raw_creates_per_s"] = round(raw, 1)
-    figures["burst_jobs_per_s"] = round(await _burst(api, server, namespace, f"b{relayjobs}", burst), 1)
+    cost = await _burst(api, servers, operator, namespace, f"b{relayjobs}", burst)
+    figures["burst_jobs_per_s"] = cost.pop("jobs_per_s")
+    figures["burst_cost"] = cost
     figures["rss_after_burst_mib"] = round(_rss_mib(operator.pid), 1)
     log(f"scale: burst of {burst} at {relayjobs} RelayJobs: {figures['burst_jobs_per_s']} jobs/s")
+    log(f"scale: its cost per job: {cost}")
     operator.stop()
     return figures
 
@@ -334,8 +358,10 @@ async def _scale(servers: Servers, steps: tuple[int, ...], ledger_rows: int, bur
     try:
         await _start(operator, api, server, namespace)
         raw_empty = await _raw_creates(api, f"{namespace}-raw0", RAW_CREATES)
-        empty = await _burst(api, server, namespace, "empty", burst)
+        empty_cost = await _burst(api, servers, operator, namespace, "empty", burst)
+        empty = empty_cost.pop("jobs_per_s")
         log(f"scale: burst of {burst} on an empty cluster: {empty:.1f} jobs/s; raw creates {raw_empty:.0f}/s")
+        log(f"scale: its cost per job: {empty_cost}")
         pool = await ledger_connect(operator.env["RELAY_DATABASE_URL"], 1, 16, timeout=10)
         template = await pool.fetchrow(
             "SELECT * FROM jobs WHERE namespace = $1 AND name = $2", namespace, "empty-00000"
@@ -361,7 +387,7 @@ async def _scale(servers: Servers, steps: tuple[int, ...], ledger_rows: int, bur
             have = step
             await _fill_ledger(pool, namespace, template, max(ledger_rows, step))
             await _caught_up(api, namespace, revision)
-            figures = await _measure_step(operator, api, server, namespace, step, burst)
+            figures = await _measure_step(operator, api, servers, namespace, step, burst)
             have += burst  # the step's burst left its finished RelayJobs too
             figures["ledger_rows"] = int(await pool.fetchval("SELECT count(*) FROM jobs"))
             by_relayjobs.append(figures)
@@ -378,7 +404,8 @@ async def _scale(servers: Servers, steps: tuple[int, ...], ledger_rows: int, bur
     )  # fmt: skip
     return {
         **{k: last[k] for k in keys},
-        "burst_empty_jobs_per_s": round(empty, 1),
+        "burst_empty_jobs_per_s": empty,
+        "burst_empty_cost": empty_cost,
         "raw_creates_per_s": last["raw_creates_per_s"],
         "raw_creates_empty_per_s": round(raw_empty, 1),
         "burst_jobs": burst,

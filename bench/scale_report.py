@@ -83,6 +83,7 @@ def markdown(scale: dict[str, Any], chart_name: str) -> list[str]:
         " window, `STATUS_REPAIR_WINDOW_SECONDS`): here the bursts of the earlier steps, not the finished"
         " jobs left in the cluster, which no interval reads.",
     ]
+    lines += _burst_cost(scale)
     last = scale["by_relayjobs"][-1]
     if last["settled_s"] > READY_S:
         per_job_ms = 1000 * last["start_cpu_s"] / last["relayjobs"]
@@ -90,12 +91,32 @@ def markdown(scale: dict[str, Any], chart_name: str) -> list[str]:
             "",
             f"Start to settled misses its {READY_S:g} s by {last['settled_s'] - READY_S:.0f} s at"
             f" {last['relayjobs']:,} RelayJobs: /readyz answers at once, but every RelayJob of kopf's"
-            f" start-up list is then handled one by one ({last['start_cpu_s']:.0f} CPU s,"
-            f" {per_job_ms:.1f} ms of operator CPU each, in kopf's per-object worker and one ledger read)."
-            " The next step: read a page's rows at once, and compare a listed RelayJob with its row"
-            " without building the full row.",
+            " start-up list is then checked against its ledger row, a page of 500 at a time"
+            f" ({last['start_cpu_s']:.0f} CPU s, {per_job_ms:.2f} ms of operator CPU each: decoding kopf's"
+            " pages, one ledger read per page, and maintenance's first sweep).",
         ]
     lines += ["", f"![operator cost against finished RelayJobs]({chart_name})", ""]
+    return lines
+
+
+def _burst_cost(scale: dict[str, Any]) -> list[str]:
+    """Each burst's cost per job by process, where the bench measured it: whose work grew."""
+    rows = [("empty", scale.get("burst_empty_cost"))]
+    rows += [(f"{s['relayjobs']:,}", s.get("burst_cost")) for s in scale["by_relayjobs"]]
+    measured = [(name, cost) for name, cost in rows if cost]
+    if not measured:
+        return []
+    processes = list(measured[0][1]["cpu_ms_per_job"])
+    lines = [
+        "",
+        "What each burst job cost, in CPU milliseconds of each process and ledger rows read:",
+        "",
+        "| RelayJobs | " + " | ".join(f"{p} CPU ms" for p in processes) + " | ledger rows read |",
+        "|---:|" + "---:|" * (len(processes) + 1),
+    ]
+    for name, cost in measured:
+        cpu = " | ".join(str(cost["cpu_ms_per_job"][p]) for p in processes)
+        lines.append(f"| {name} | {cpu} | {cost['ledger_rows_read_per_job']} |")
     return lines
 
 
