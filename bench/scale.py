@@ -289,6 +289,11 @@ async def _burst(
         "jobs_per_s": round(jobs_per_s, 1),
         "cpu_ms_per_job": {k: round(1000 * (cpu1[k] - cpu0[k]) / jobs, 2) for k in pids},
         "ledger_rows_read_per_job": round((db1["rows"] - db0["rows"]) / jobs, 1),
+        "ledger_reads_by_index_per_job": {
+            k[5:]: round((v - db0.get(k, 0.0)) / jobs, 1)
+            for k, v in sorted(db1.items())
+            if k.startswith("read ") and v - db0.get(k, 0.0) >= jobs / 10
+        },
     }
 
 

@@ -76,10 +76,14 @@ def test_a_new_priority_moves_a_waiting_job_ahead(
 ) -> None:
     start_operator("priority", RELAY_CONCURRENCY="1")
     slow = {"target": {"http": {"url": target.url("/delay/1500")}}}
-    apply(control_plane, namespace, {"first": slow})
+    # The first job holds the only slot while the others are created and `late` is raised: on a
+    # loaded machine two kubectl calls took longer than 1.5 s, and a low job got the slot first.
+    apply(control_plane, namespace, {"first": {"target": {"http": {"url": target.url("/delay/6000")}}}})
     wait_for("the first job to run", lambda: get(control_plane, namespace, "first").get("status"))
     apply(control_plane, namespace, {f"low-{i}": slow for i in range(3)} | {"late": slow})
     patch(control_plane, namespace, "late", {"priority": 100})
+    phase = get(control_plane, namespace, "first")["status"]["phase"]
+    assert phase != "Completed", "late was raised after the first job ended: nothing to tell"
     items = wait_all(control_plane, namespace, "Completed", 5, timeout=60)
     uids = {i["metadata"]["uid"]: i["metadata"]["name"] for i in items}
     order = [uids[c.key] for c in sorted(target.calls, key=lambda c: c.at) if c.key in uids]
