@@ -113,14 +113,8 @@ def bounded_session(info: kopf.ConnectionInfo, relayjob_page: ListPage | None = 
         on_page = relayjob_page
 
         class RelayJobListResponse(BoundedJsonResponse):
-            async def json(
-                self,
-                *,
-                encoding: str | None = None,
-                loads: aiohttp.typedefs.JSONDecoder = json_guard.loads,
-                content_type: str | None = "application/json",
-            ) -> Any:
-                answer = await super().json(encoding=encoding, loads=loads, content_type=content_type)
+            async def json(self, **kwargs: Any) -> Any:
+                answer = await super().json(**kwargs)
                 if isinstance(answer, dict) and answer.get("kind") == LIST_KIND:
                     answer["items"] = await on_page(answer.get("items") or [])
                 return answer

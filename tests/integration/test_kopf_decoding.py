@@ -103,8 +103,8 @@ async def test_kopf_lists_relayjobs_of_any_depth_and_cuts_the_deep_one() -> None
     assert payload_depth(listed[0]) == (json_guard.MAX_DEPTH - 5, json_guard.TRUNCATED)
 
 
-@pytest.mark.usefixtures("logged_in")
-async def test_kopf_watches_relayjobs_of_any_depth_and_cuts_the_deep_one() -> None:
+async def _watched() -> list[Any]:
+    """The events kopf's own watch yields from the loopback server's stream, resumed after "7"."""
     stopper: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     stream = watching.watch_objs(
         settings=kopf.OperatorSettings(),
@@ -113,7 +113,12 @@ async def test_kopf_watches_relayjobs_of_any_depth_and_cuts_the_deep_one() -> No
         since="7",
         operator_pause_waiter=stopper,
     )
-    events = [event async for event in stream]
+    return [event async for event in stream]
+
+
+@pytest.mark.usefixtures("logged_in")
+async def test_kopf_watches_relayjobs_of_any_depth_and_cuts_the_deep_one() -> None:
+    events = await _watched()
     assert [e["object"]["metadata"]["name"] for e in events] == ["deep", "plain"]
     assert events[1]["object"]["spec"]["payload"] == {"order": 42}
     assert payload_depth(events[0]["object"]) == (json_guard.MAX_DEPTH - 4, json_guard.TRUNCATED)
@@ -122,15 +127,7 @@ async def test_kopf_watches_relayjobs_of_any_depth_and_cuts_the_deep_one() -> No
 @pytest.mark.usefixtures("logged_in")
 async def test_kopf_gets_a_bookmark_for_a_relayjob_event_that_needs_no_handling() -> None:
     bound_watch_decoding(lambda body: body["metadata"]["name"] == "plain")
-    stopper: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    stream = watching.watch_objs(
-        settings=kopf.OperatorSettings(),
-        resource=RESOURCE,
-        namespace="ns",
-        since="7",
-        operator_pause_waiter=stopper,
-    )
-    events = [event async for event in stream]
+    events = await _watched()
     assert [e["type"] for e in events] == ["MODIFIED", "BOOKMARK"]
     assert events[0]["object"]["metadata"]["name"] == "deep"
     assert events[1]["object"] == {

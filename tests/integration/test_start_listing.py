@@ -18,23 +18,27 @@ pytestmark = pytest.mark.integration
 NOOP: dict[str, Any] = {"target": {"noop": {}}}
 
 
+def count_calls(app: App, *names: str) -> list[str]:
+    """The calls of the ledger methods `names` that `app` makes from now on, by name, in order."""
+    sent: list[str] = []
+
+    def counted(name: str) -> Any:
+        method = getattr(app.ledger, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            sent.append(name)
+            return await method(*args, **kwargs)
+
+        return call
+
+    for name in names:
+        setattr(app.ledger, name, counted(name))
+    return sent
+
+
 def count_admissions(app: App) -> list[str]:
     """The admission statements `app` sends, by name, from now on."""
-    sent: list[str] = []
-    ledger = app.ledger
-    admit, admit_many = ledger.admit, ledger.admit_many
-
-    async def counted_admit(*args: Any, **kwargs: Any) -> Any:
-        sent.append("admit")
-        return await admit(*args, **kwargs)
-
-    async def counted_admit_many(*args: Any, **kwargs: Any) -> Any:
-        sent.append("admit_many")
-        return await admit_many(*args, **kwargs)
-
-    ledger.admit = counted_admit  # type: ignore[method-assign]
-    ledger.admit_many = counted_admit_many  # type: ignore[method-assign]
-    return sent
+    return count_calls(app, "admit", "admit_many")
 
 
 async def test_a_listed_relayjob_the_ledger_knows_is_read_not_admitted_again(
@@ -82,26 +86,7 @@ async def test_a_listed_relayjob_whose_status_is_behind_the_ledger_gets_it_writt
 
 def count_reads(app: App) -> list[str]:
     """The ledger reads by uid `app` sends, by name, from now on."""
-    sent: list[str] = []
-    ledger = app.ledger
-    get, get_many, shown = ledger.get, ledger.get_many, ledger.shown
-
-    async def counted_get(*args: Any, **kwargs: Any) -> Any:
-        sent.append("get")
-        return await get(*args, **kwargs)
-
-    async def counted_get_many(*args: Any, **kwargs: Any) -> Any:
-        sent.append("get_many")
-        return await get_many(*args, **kwargs)
-
-    async def counted_shown(*args: Any, **kwargs: Any) -> Any:
-        sent.append("shown")
-        return await shown(*args, **kwargs)
-
-    ledger.get = counted_get  # type: ignore[method-assign]
-    ledger.get_many = counted_get_many  # type: ignore[method-assign]
-    ledger.shown = counted_shown  # type: ignore[method-assign]
-    return sent
+    return count_calls(app, "get", "get_many", "shown")
 
 
 async def test_a_listed_page_is_reconciled_with_one_read_and_only_the_jobs_needing_action_go_on(
