@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import kopf
 from pydantic import ValidationError
@@ -70,7 +70,8 @@ async def _run(settings: Settings) -> int:
         await app.close()
         return 1
     kopf_task = asyncio.create_task(
-        kopf.operator(
+        run_kopf(
+            shutdown.set,
             registry=build_registry(app),
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
@@ -78,11 +79,9 @@ async def _run(settings: Settings) -> int:
             priority=settings.peering_priority,
             peering_name=settings.peering_name,
             stop_flag=stop,
-            ready_flag=(kopf_ready := asyncio.Event()),
             memories=EphemeralMemories(),
         )
     )
-    signals = asyncio.create_task(_take_signals_back(kopf_ready, shutdown))
     health.task = kopf_task
     try:
         await app.maintenance.rebuild()
@@ -94,7 +93,6 @@ async def _run(settings: Settings) -> int:
     await asyncio.wait(
         [kopf_task, work, asyncio.create_task(shutdown.wait())], return_when=asyncio.FIRST_COMPLETED
     )
-    signals.cancel()
     return await _shut_down(app, work, kopf_task, stop, runner.cleanup)
 
 
@@ -104,13 +102,19 @@ def _on_signals(handler: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, handler)
 
 
-async def _take_signals_back(kopf_ready: asyncio.Event, shutdown: asyncio.Event) -> None:
-    """kopf installs SIGTERM/SIGINT handlers of its own as it starts; on a signal it then waits
-    5 s for our tasks before it cancels them, attempts in flight included. Ours start our drain
-    and stop kopf after it (`_shut_down`), so that shutdown takes as long as the attempts in
-    flight need, up to RELAY_SHUTDOWN_GRACE_SECONDS, and not a fixed wait."""
-    await kopf_ready.wait()
-    _on_signals(shutdown.set)
+async def run_kopf(on_signal: Callable[[], None], **operator: Any) -> None:
+    """`kopf.operator(**operator)`, but with SIGTERM and SIGINT calling `on_signal`, not kopf.
+
+    kopf installs handlers of its own as it spawns its tasks; on a signal it waits a fixed 5 s for
+    every task and cancels them, our attempts in flight among them. Ours start our drain and stop
+    kopf after it (`_shut_down`), so that shutdown takes as long as the attempts need, up to
+    RELAY_SHUTDOWN_GRACE_SECONDS. They go back as soon as kopf's are in: taken back only once kopf
+    was ready, a SIGTERM in between (a rollout during start-up) stopped kopf midway, and the
+    process exited 1 after 5 s. `kopf.operator` is this same pair of calls."""
+    existing = asyncio.all_tasks()
+    tasks = await kopf.spawn_tasks(**operator)
+    _on_signals(on_signal)
+    await kopf.run_tasks(tasks, ignored=existing)
 
 
 async def _shut_down(
