@@ -56,6 +56,9 @@ GONE = "SELECT count(*) FROM jobs WHERE namespace = $1 AND deleted_at IS NOT NUL
 # RelayJobs written into etcd per transaction (etcd's --max-txn-ops is 128 by default).
 ETCD_TXN_PUTS = 100
 RAW_CREATES = 1000  # RelayJobs created where no operator watches, before each burst
+# Bursts per step, the best kept (as the core section keeps its best of 2): on this 2-core machine
+# the API server's own create rate varied from 495/s to 819/s between steps of one run.
+BURSTS = 2
 # The resources the operator reads and writes (the API server also serves itself: leases, ...).
 COUNTED_RESOURCES = ("relayjobs", "relayqueues", "relayschedules", "events", "secrets", "kopfpeerings")
 
@@ -98,6 +101,16 @@ async def _ledger_reads(dsn: str) -> dict[str, float]:
     assert row is not None
     reads = {f"read {r['name']}": float(r["read"]) for r in by_index}
     return {"statements": float(row["statements"]), "rows": float(row["rows"]), **reads}
+
+
+async def _count(pool: asyncpg.Pool, query: str, *args: Any) -> int:
+    """A count the bench itself reads, with its statistics published at once: PostgreSQL holds a
+    backend's back for up to 10 s while it idles, and a count of the whole ledger then landed in
+    the next step's maintenance window (366,444 rows "read per interval" at 10,000 RelayJobs)."""
+    async with pool.acquire() as conn:
+        count = int(await conn.fetchval(query, *args))
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+    return count
 
 
 def _listed(operator: Operator) -> float:
@@ -215,7 +228,7 @@ async def _caught_up(api: KubeClient, namespace: str, revision: int) -> None:
 async def _fill_ledger(pool: asyncpg.Pool, namespace: str, template: asyncpg.Record, rows: int) -> None:
     """Ledger rows up to `rows`: finished jobs whose RelayJob was deleted a day ago, which retention
     (7 days by default) keeps, each with its one attempt."""
-    have = int(await pool.fetchval("SELECT count(*) FROM jobs"))
+    have = await _count(pool, "SELECT count(*) FROM jobs")
     missing = rows - have
     if missing <= 0:
         return
@@ -297,6 +310,19 @@ async def _burst(
     }
 
 
+async def _best_burst(
+    api: KubeClient, servers: Servers, operator: Operator, namespace: str, prefix: str, jobs: int
+) -> dict[str, Any]:
+    """The fastest of BURSTS bursts (`_burst`), with every burst's jobs/s as `runs`; the first
+    burst's RelayJobs are named `prefix`-00000, ..."""
+    rounds = [
+        await _burst(api, servers, operator, namespace, prefix if i == 0 else f"{prefix}{i + 1}", jobs)
+        for i in range(BURSTS)
+    ]
+    best = max(rounds, key=lambda r: r["jobs_per_s"])
+    return {**best, "runs": [r["jobs_per_s"] for r in rounds]}
+
+
 async def _measure_step(
     operator: Operator, api: KubeClient, servers: Servers, namespace: str, relayjobs: int, burst: int
 ) -> dict[str, Any]:
@@ -343,7 +369,7 @@ async def _measure_step(
     )
     raw = await _raw_creates(api, f"{namespace}-raw{relayjobs}", RAW_CREATES)
     figures["raw_creates_per_s"] = round(raw, 1)
-    cost = await _burst(api, servers, operator, namespace, f"b{relayjobs}", burst)
+    cost = await _best_burst(api, servers, operator, namespace, f"b{relayjobs}", burst)
     figures["burst_jobs_per_s"] = cost.pop("jobs_per_s")
     figures["burst_cost"] = cost
     figures["rss_after_burst_mib"] = round(_rss_mib(operator.pid), 1)
@@ -363,7 +389,7 @@ async def _scale(servers: Servers, steps: tuple[int, ...], ledger_rows: int, bur
     try:
         await _start(operator, api, server, namespace)
         raw_empty = await _raw_creates(api, f"{namespace}-raw0", RAW_CREATES)
-        empty_cost = await _burst(api, servers, operator, namespace, "empty", burst)
+        empty_cost = await _best_burst(api, servers, operator, namespace, "empty", burst)
         empty = empty_cost.pop("jobs_per_s")
         log(f"scale: burst of {burst} on an empty cluster: {empty:.1f} jobs/s; raw creates {raw_empty:.0f}/s")
         log(f"scale: its cost per job: {empty_cost}")
@@ -379,7 +405,7 @@ async def _scale(servers: Servers, steps: tuple[int, ...], ledger_rows: int, bur
         # the ledger, waiting for retention, once the operator has seen them deleted.
         await request(api, "DELETE", jobs_path(namespace))
         for _ in range(600):
-            if await pool.fetchval(GONE, namespace) >= burst:
+            if await _count(pool, GONE, namespace) >= BURSTS * burst:
                 break
             await asyncio.sleep(0.5)
         else:
@@ -393,8 +419,8 @@ async def _scale(servers: Servers, steps: tuple[int, ...], ledger_rows: int, bur
             await _fill_ledger(pool, namespace, template, max(ledger_rows, step))
             await _caught_up(api, namespace, revision)
             figures = await _measure_step(operator, api, servers, namespace, step, burst)
-            have += burst  # the step's burst left its finished RelayJobs too
-            figures["ledger_rows"] = int(await pool.fetchval("SELECT count(*) FROM jobs"))
+            have += BURSTS * burst  # the step's bursts left their finished RelayJobs too
+            figures["ledger_rows"] = await _count(pool, "SELECT count(*) FROM jobs")
             by_relayjobs.append(figures)
     finally:
         operator.stop()
@@ -414,6 +440,7 @@ async def _scale(servers: Servers, steps: tuple[int, ...], ledger_rows: int, bur
         "raw_creates_per_s": last["raw_creates_per_s"],
         "raw_creates_empty_per_s": round(raw_empty, 1),
         "burst_jobs": burst,
+        "burst_rounds": BURSTS,
         "interval_s": INTERVAL_S,
         "by_relayjobs": by_relayjobs,
     }

@@ -30,7 +30,7 @@ def _step(relayjobs: int, burst: float, cost: dict[str, Any] | None) -> dict[str
 
 def _cost(operator_ms: float) -> dict[str, Any]:
     cpu = {"operator": operator_ms, "kube-apiserver": 6.0, "etcd": 1.0, "postgres": 0.5}
-    return {"cpu_ms_per_job": cpu, "ledger_rows_read_per_job": 4.0}
+    return {"cpu_ms_per_job": cpu, "ledger_rows_read_per_job": 4.0, "runs": [150.0, 160.0]}
 
 
 def _scale(steps: list[dict[str, Any]], empty_cost: dict[str, Any] | None) -> dict[str, Any]:
@@ -51,8 +51,8 @@ def test_the_burst_cost_table_shows_each_process_per_step_beside_the_empty_clust
     scale = _scale([_step(1000, 195.0, _cost(2.1)), _step(100_000, 170.0, _cost(2.6))], _cost(2.0))
     text = "\n".join(markdown(scale, "scale.png"))
     assert "| RelayJobs | operator CPU ms | kube-apiserver CPU ms | etcd CPU ms | postgres CPU ms |" in text
-    assert "| empty | 2.0 | 6.0 | 1.0 | 0.5 | 4.0 |" in text
-    assert "| 100,000 | 2.6 | 6.0 | 1.0 | 0.5 | 4.0 |" in text
+    assert "| empty | 2.0 | 6.0 | 1.0 | 0.5 | 4.0 | 150.0, 160.0 |" in text
+    assert "| 100,000 | 2.6 | 6.0 | 1.0 | 0.5 | 4.0 | 150.0, 160.0 |" in text
 
 
 def test_results_without_burst_costs_render_without_the_table() -> None:
