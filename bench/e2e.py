@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 import psutil
 
-from bench.env import PYTHON, ROOT, WORK, Servers, cpu_seconds, log
+from bench.env import PYTHON, ROOT, WORK, Servers, log
 from bench.kube import (
     Operator,
     admin,
@@ -41,6 +41,7 @@ from bench.kube import (
     service_account_token,
     write_counts,
 )
+from bench.processes import cpu_seconds
 from controller.adapters.kube import KubeClient
 from devtools.pki import write_kubeconfig
 from devtools.servers import KubeAPIServer

@@ -10,7 +10,6 @@ tests fast, and a queue benchmark on a ledger that never reaches the disk would 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -26,7 +25,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import psutil
 import redis.asyncio as aioredis
 
 from devtools.binaries import find_postgres_bindir, find_redis_server
@@ -49,24 +47,6 @@ AOF_MODES = ("always", "everysec")
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
-    """CPU seconds used so far by each named process, which must be running, and its children:
-    those alive and those it has reaped (PostgreSQL's backends are children of its postmaster)."""
-    out = {}
-    for name, pid in pids.items():
-        if pid is None:
-            raise RuntimeError(f"{name} is not running")
-        process = psutil.Process(pid)
-        times = process.cpu_times()
-        total = times.user + times.system + times.children_user + times.children_system
-        for child in process.children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child_times = child.cpu_times()
-                total += child_times.user + child_times.system
-        out[name] = float(total)
-    return out
 
 
 class DurablePostgres(PostgresServer):

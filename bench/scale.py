@@ -25,7 +25,7 @@ import asyncpg
 import psutil
 
 from bench.e2e import CREATE_CONCURRENCY, Tracker, _operator, _start
-from bench.env import Servers, cpu_seconds, log
+from bench.env import Servers, log
 from bench.kube import (
     CALL_TIMEOUT,
     Operator,
@@ -39,6 +39,7 @@ from bench.kube import (
     request_counts,
     request_key,
 )
+from bench.processes import cpu_seconds
 from controller.adapters.kube import GROUP, PLURAL, KubeClient, KubeError
 from controller.adapters.ledger import connect as ledger_connect
 from devtools.servers import KubeAPIServer
