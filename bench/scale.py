@@ -104,6 +104,15 @@ async def _ledger_reads(dsn: str) -> dict[str, float]:
     return {"statements": float(row["statements"]), "rows": float(row["rows"]), **reads}
 
 
+def _reads_by_index(before: dict[str, float], after: dict[str, float], per: float) -> dict[str, float]:
+    """Rows read between two `_ledger_reads`, by index (or sequential scan), divided by `per`."""
+    return {
+        k.removeprefix("read "): (v - before.get(k, 0.0)) / per
+        for k, v in sorted(after.items())
+        if k.startswith("read ")
+    }
+
+
 async def _count(pool: asyncpg.Pool, query: str, *args: Any) -> int:
     """A count the bench itself reads, with its statistics published at once: PostgreSQL holds a
     backend's back for up to 10 s while it idles, and a count of the whole ledger then landed in
@@ -304,9 +313,7 @@ async def _burst(
         "cpu_ms_per_job": {k: round(1000 * (cpu1[k] - cpu0[k]) / jobs, 2) for k in pids},
         "ledger_rows_read_per_job": round((db1["rows"] - db0["rows"]) / jobs, 1),
         "ledger_reads_by_index_per_job": {
-            k[5:]: round((v - db0.get(k, 0.0)) / jobs, 1)
-            for k, v in sorted(db1.items())
-            if k.startswith("read ") and v - db0.get(k, 0.0) >= jobs / 10
+            k: round(v, 1) for k, v in _reads_by_index(db0, db1, jobs).items() if v >= 0.1
         },
     }
 
@@ -358,9 +365,7 @@ async def _measure_step(
         "maintenance_ledger_statements": round((db1["statements"] - db0["statements"] - 1) / INTERVALS, 1),
         "maintenance_ledger_rows_read": round((db1["rows"] - db0["rows"]) / INTERVALS),
         "maintenance_ledger_reads_by_index": {
-            k[5:]: round((v - db0.get(k, 0.0)) / INTERVALS)
-            for k, v in sorted(db1.items())
-            if k.startswith("read ") and v != db0.get(k, 0.0)
+            k: round(v) for k, v in _reads_by_index(db0, db1, INTERVALS).items() if v
         },
     }
     log(
