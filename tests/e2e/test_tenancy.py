@@ -401,6 +401,64 @@ def test_access_by_name_covers_up_to_16_references(probe: Probe) -> None:
     assert probe.create("bob", "thirty-two", headers(32)) == ""
 
 
+def test_only_requests_that_send_a_secret_somewhere_are_judged(probe: Probe) -> None:
+    """The shipped policy's match, re-bound with one validation that always fails and only warns:
+    a warning says the API server evaluated the policy for that request. A RelayJob that names no
+    Secret, and an update that leaves the http blocks alone, are not evaluated (each evaluation
+    cost 0.4 ms of API server CPU per create, a fifth of the create); they were before."""
+    kube, ns, group = probe.kube, probe.namespace, probe.group
+    policy = next(d for d in yaml.safe_load_all(DEFAULT_SECRET_POLICY.read_text()) if d)
+    name = f"tenancy-judged-{SUFFIX}"
+    spec = {
+        "failurePolicy": "Fail",
+        "matchConstraints": {**policy["spec"]["matchConstraints"], "resourceRules": [
+            {**policy["spec"]["matchConstraints"]["resourceRules"][0], "apiGroups": [group]}
+        ]},
+        "matchConditions": policy["spec"].get("matchConditions", []),
+        "validations": [{"expression": "false", "message": "judged"}],
+    }  # fmt: skip
+    judged = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Warn"]},
+    }
+    objects = json.dumps({"apiVersion": "v1", "kind": "List", "items": [judged, binding]})
+    kube.kubectl("apply", "-f", "-", input=objects)
+
+    def warned(*args: str, document: dict[str, Any] | None = None) -> bool:
+        result = as_user(kube, "bob", *args, "-n", ns, document=document)
+        assert result.returncode == 0, result.stderr
+        return "judged" in result.stderr
+
+    secret = {"target": {"http": {"url": "http://127.0.0.1:9/", "signing": _ref("hook-credentials")}}}
+    try:
+        deadline = time.monotonic() + 30
+        while not warned("create", "--dry-run=server", "-f", "-", document=probe.document("w", secret)):
+            assert time.monotonic() < deadline, "the re-bound policy is not evaluated after 30 s"
+            time.sleep(0.5)
+        plain = {"target": {"http": {"url": "http://127.0.0.1:9/"}}, "onFailure": {"noop": {}}}
+        assert not warned("create", "-f", "-", document=probe.document("plain", plain))
+        assert warned("create", "-f", "-", document=probe.document("signed", secret))
+        resource = f"relayjobs.{group}/signed"
+        assert not warned("label", resource, "seen=bob")
+        assert not warned("patch", resource, "--type=merge", "-p", '{"spec": {"priority": 3}}')
+        moved = {"spec": {"target": {"http": {"url": "http://127.0.0.1:9/elsewhere"}}}}
+        assert warned("patch", resource, "--type=merge", "-p", json.dumps(moved))
+        # Dropping the last reference sends no Secret anywhere.
+        assert not warned(
+            "patch", resource, "--type=merge", "-p", '{"spec": {"target": {"http": {"signing": null}}}}'
+        )
+    finally:
+        kube.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-", input=objects, check=False)
+
+
 # -- the users' roles --------------------------------------------------------------------------------
 
 
