@@ -69,10 +69,12 @@ async def _run(settings: Settings) -> int:
         log.error("RELAY_HTTP_PORT: cannot listen on port %d: %s", settings.http_port, error.strerror)
         await app.close()
         return 1
+    # Before kopf starts, so that its start-up list can stand in for the first sweep's.
+    first_list = await app.maintenance.expect_first_list(scopes=len(set(settings.namespaces)) or 1)
     kopf_task = asyncio.create_task(
         run_kopf(
             shutdown.set,
-            registry=build_registry(app),
+            registry=build_registry(app, first_list),
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
             standalone=settings.standalone,

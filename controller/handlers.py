@@ -26,6 +26,7 @@ from controller.adapters import json_guard
 from controller.adapters.kube import GROUP, KIND, PLURAL, QUEUE_PLURAL, VERSION
 from controller.model.schedules import PLURAL as SCHEDULE_PLURAL
 from controller.runtime.app import App
+from controller.runtime.first_list import FirstList
 from controller.runtime.retry import OUTAGE, until_done
 from controller.settings import Settings
 
@@ -100,23 +101,30 @@ class BoundedJsonResponse(aiohttp.ClientResponse):
 
 
 ListPage = Callable[[list[Any]], Awaitable[list[Any]]]
+ListAnswer = Callable[[str, Mapping[str, Any]], None]
 
 
-def bounded_session(info: kopf.ConnectionInfo, relayjob_page: ListPage | None = None) -> kopf.AiohttpSession:
+def bounded_session(
+    info: kopf.ConnectionInfo, relayjob_page: ListPage | None = None, listed: ListAnswer | None = None
+) -> kopf.AiohttpSession:
     """The session kopf would open for `info`, but with `BoundedJsonResponse` for every answer.
 
     `relayjob_page`, when given, sees the items of every page of kopf's lists of RelayJobs before
     kopf does, and returns those kopf should still deliver one by one. kopf reads the next page
-    only once that returns: the one place its list can be made to wait for the handling."""
+    only once that returns: the one place its list can be made to wait for the handling.
+    `listed`, when given, is told each such page first, whole, with the URL it answers."""
     response_class = BoundedJsonResponse
-    if relayjob_page is not None:
-        on_page = relayjob_page
+    if relayjob_page is not None or listed is not None:
+        on_page, on_answer = relayjob_page, listed
 
         class RelayJobListResponse(BoundedJsonResponse):
             async def json(self, **kwargs: Any) -> Any:
                 answer = await super().json(**kwargs)
                 if isinstance(answer, dict) and answer.get("kind") == LIST_KIND:
-                    answer["items"] = await on_page(answer.get("items") or [])
+                    if on_answer is not None:
+                        on_answer(str(self.url), answer)
+                    if on_page is not None:
+                        answer["items"] = await on_page(answer.get("items") or [])
                 return answer
 
         response_class = RelayJobListResponse
@@ -204,7 +212,8 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.networking.error_backoffs = (0.2, 0.5, 1, 2, 3, 5, 8, 13, 21)
 
 
-def build_registry(app: App) -> kopf.OperatorRegistry:
+def build_registry(app: App, first_list: FirstList | None = None) -> kopf.OperatorRegistry:
+    """kopf's handlers for `app`; `first_list`, when given, is shown kopf's lists of RelayJobs."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
@@ -224,7 +233,8 @@ def build_registry(app: App) -> kopf.OperatorRegistry:
     @kopf.on.login(registry=registry)
     async def _login(**kwargs: Any) -> kopf.AiohttpSession | None:
         info = kopf.login_via_client(**kwargs)
-        return None if info is None else bounded_session(info, relayjob_page)
+        listed = first_list.page if first_list is not None else None
+        return None if info is None else bounded_session(info, relayjob_page, listed)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def _event(*, type: str | None, event: kopf.RawEvent, **_: Any) -> None:

@@ -3,7 +3,8 @@ when something was lost. (The per-object reconcile of a RelayJob is `Admissions.
 
 - `rebuild`: every active ledger job whose RelayJob exists is put back in Redis if missing
   (Redis restarted empty, evicted keys). Its first pass in a process also cancels the ledger jobs
-  whose RelayJob vanished while no replica watched, against one list of the cluster; from then on
+  whose RelayJob vanished while no replica watched, against one list of the cluster (kopf's own
+  start-up list when `expect_first_list` was called before kopf started); from then on
   the watch's deletions (`forget`) and its live set (`seen`) say which RelayJobs exist, so a
   pass reads the active jobs only, never the finished ones nor the cluster. Runs at start-up and
   every reconcile interval.
@@ -43,9 +44,10 @@ from controller.model.phases import Phase
 from controller.runtime.admission import placement_for
 from controller.runtime.callbacks import Callbacks
 from controller.runtime.clock import epoch_ms
+from controller.runtime.first_list import FirstList
 from controller.runtime.logs import job_fields
 from controller.runtime.queues import Queues
-from controller.runtime.retry import Throttle, throttled
+from controller.runtime.retry import TRANSIENT, Throttle, throttled
 from controller.runtime.status import StatusWriter
 
 log = logging.getLogger("relayjob.maintenance")
@@ -117,6 +119,20 @@ class Maintenance:
         self.queue_status_seconds = queue_status_seconds
         self._queue_series: set[str] = set()
         self.callbacks = callbacks
+        # Set (`expect_first_list`) when kopf's start-up list is to stand in for the first sweep's.
+        self.first_list: FirstList | None = None
+
+    async def expect_first_list(self, scopes: int) -> FirstList | None:
+        """Read the ledger's live jobs now, before kopf starts, so that kopf's first complete list
+        (`scopes` of them) serves the first sweep instead of a list of our own; None when the
+        ledger cannot be read (the first sweep then lists the cluster itself)."""
+        try:
+            known = await self.ledger.live_uids()
+        except TRANSIENT as error:  # it only costs the first sweep a list of its own
+            log.warning("reading the ledger's live jobs failed (%s): the first sweep lists RelayJobs", error)
+            return None
+        self.first_list = FirstList(known, scopes)
+        return self.first_list
 
     async def rebuild(self) -> int:
         """Put missing active jobs back; returns how many were re-queued."""
@@ -125,7 +141,10 @@ class Maintenance:
         sweep = self.sweeps.due(began)
         if sweep:
             live = await self._sweep()
-            exists = live.__contains__
+            if live is None:
+                sweep = False  # kopf's first list is under way: the watch's live set serves meanwhile
+            else:
+                exists = live.__contains__
         rows = await self.ledger.waiting()
         now = datetime.now(UTC)
         cutoff = now - timedelta(seconds=self.lease_seconds)
@@ -149,13 +168,24 @@ class Maintenance:
             self.sweeps.done(began)
         return placed
 
-    async def _sweep(self) -> set[UUID]:
-        """Cancel the ledger jobs whose RelayJob is gone; returns the RelayJobs that exist."""
+    async def _sweep(self) -> set[UUID] | None:
+        """Cancel the ledger jobs whose RelayJob is gone; returns the RelayJobs that exist, or None
+        while waiting for kopf's first list (`first_list`)."""
         # The ledger first, the API second: a row exists only after its RelayJob was created, so
         # a row missing from a list taken afterwards is truly gone. The other order cancels jobs
         # admitted between the two reads.
-        known = await self.ledger.live_uids()
-        live = await self.kube.list_job_uids(self.namespaces)
+        first = self.first_list
+        taken = first.take() if first is not None else None
+        if first is not None and taken is None and time.monotonic() < first.deadline:
+            return None
+        self.first_list = None
+        if taken is None:
+            if first is not None:
+                log.warning("kopf's first list of RelayJobs did not complete in time: listing them")
+            known = await self.ledger.live_uids()
+            live = await self.kube.list_job_uids(self.namespaces)
+        else:
+            known, live = taken
         for uid in known - live:
             row = await self.ledger.get(uid)
             if row is not None and self._watched(row.ref.namespace):
@@ -239,7 +269,17 @@ class Maintenance:
             self._every("queue_status", self.queue_status_seconds, self.queues.write_statuses),
             self._every("callbacks", self.interval, self.callbacks.sweep),
             self._every("oldest", OLDEST_READY_SECONDS, self.oldest),
+            self._after_first_list(),
         )
+
+    async def _after_first_list(self) -> None:
+        """Sweep as soon as kopf's first list completes, not at the next interval."""
+        first = self.first_list
+        if first is None:
+            return
+        await first.done.wait()
+        async with throttled(Throttle(self.interval, self.interval), self.metrics, "rebuild", logger=log):
+            await self.rebuild()
 
     async def _every(self, loop: str, period: float, action: Callable[[], Awaitable[object]]) -> None:
         throttle = Throttle(period, period)  # a failed pass is simply tried again at the next period

@@ -123,3 +123,80 @@ async def test_a_status_behind_for_longer_than_the_window_is_repaired_by_the_hou
     assert await app.maintenance.repair_statuses() == 0  # outside the window
     app.maintenance.whole_repairs.seconds = 0.0  # an hour later
     assert await app.maintenance.repair_statuses() == 1
+
+
+def _list_answer(cluster: RecordingCluster) -> dict[str, Any]:
+    """The cluster's RelayJobs as one page of kopf's list (cluster-wide, no continue token)."""
+    return {
+        "kind": "RelayJobList",
+        "metadata": {},
+        "items": [{"metadata": {"uid": str(u)}} for u in cluster.jobs],
+    }
+
+
+async def test_kopfs_start_up_list_serves_the_first_sweep_and_no_list_of_its_own_is_made(
+    app: App, cluster: RecordingCluster, settings: Settings
+) -> None:
+    vanished, kept = new_ref("vanished"), new_ref("kept")
+    for ref in (vanished, kept):
+        await app.admissions.observe(cluster.body(ref, NOOP))
+    del cluster.jobs[vanished.uid]  # deleted while no operator watched
+    counted = CountedLists(cluster)
+    restarted = await App.assemble(settings, counted, "restarted")
+    try:
+        first = await restarted.maintenance.expect_first_list(scopes=1)
+        assert first is not None
+        # kopf's list is under way: the pass neither cancels anything nor lists the cluster.
+        await restarted.maintenance.rebuild()
+        row = await restarted.ledger.get(vanished.uid)
+        assert row is not None and not row.deleted
+        first.page("https://k8s.test/apis/relay.dev/v1alpha1/relayjobs?limit=500", _list_answer(cluster))
+        await restarted.maintenance.rebuild()
+        row = await restarted.ledger.get(vanished.uid)
+        assert row is not None and row.deleted and row.phase is Phase.CANCELLED
+        kept_row = await restarted.ledger.get(kept.uid)
+        assert kept_row is not None and not kept_row.deleted
+        assert counted.lists == 0
+        assert restarted.maintenance.first_list is None and first.known == set()
+    finally:
+        await restarted.close()
+
+
+async def test_a_job_admitted_after_the_ledger_was_read_is_never_taken_for_vanished(
+    app: App, cluster: RecordingCluster, settings: Settings
+) -> None:
+    """A RelayJob created after kopf's list was taken (so missing from it) and admitted by another
+    replica meanwhile is not in what was read before kopf started: it stays."""
+    restarted = await App.assemble(settings, cluster, "restarted")
+    try:
+        first = await restarted.maintenance.expect_first_list(scopes=1)
+        assert first is not None
+        listed = _list_answer(cluster)
+        late = new_ref("late")
+        await app.admissions.observe(cluster.body(late, NOOP))  # the other replica
+        first.page("https://k8s.test/apis/relay.dev/v1alpha1/relayjobs", listed)
+        await restarted.maintenance.rebuild()
+        row = await restarted.ledger.get(late.uid)
+        assert row is not None and not row.deleted
+    finally:
+        await restarted.close()
+
+
+async def test_without_kopfs_list_in_time_the_first_sweep_lists_the_cluster_itself(
+    app: App, cluster: RecordingCluster, settings: Settings
+) -> None:
+    vanished = new_ref("vanished")
+    await app.admissions.observe(cluster.body(vanished, NOOP))
+    del cluster.jobs[vanished.uid]
+    counted = CountedLists(cluster)
+    restarted = await App.assemble(settings, counted, "restarted")
+    try:
+        first = await restarted.maintenance.expect_first_list(scopes=1)
+        assert first is not None
+        first.deadline = 0.0  # a standby replica: kopf lists nothing while it waits
+        await restarted.maintenance.rebuild()
+        assert counted.lists == 1
+        row = await restarted.ledger.get(vanished.uid)
+        assert row is not None and row.deleted
+    finally:
+        await restarted.close()
