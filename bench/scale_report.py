@@ -95,7 +95,7 @@ def markdown(scale: dict[str, Any], chart_name: str) -> list[str]:
             f" {last['relayjobs']:,} RelayJobs: /readyz answers at once, but every RelayJob of kopf's"
             " start-up list is then checked against its ledger row, a page of 500 at a time"
             f" ({last['start_cpu_s']:.0f} CPU s, {per_job_ms:.2f} ms of operator CPU each: decoding kopf's"
-            " pages, one ledger read per page, and maintenance's first sweep).",
+            " pages and one ledger read per page; the first sweep takes kopf's list, not one of its own).",
         ]
     lines += ["", f"![operator cost against finished RelayJobs]({chart_name})", ""]
     return lines
