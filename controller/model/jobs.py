@@ -28,6 +28,15 @@ class JobRef(BaseModel):
         return f"{self.namespace}/{self.name}"
 
 
+def uid_of(body: Any) -> UUID | None:
+    """The uid in a Kubernetes object's `metadata`; None when `body` is no object, or has no uid
+    that parses (the API server always sets one: a list or watch of anything else is garbage)."""
+    try:
+        return UUID(body["metadata"]["uid"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
 class FencingToken(NamedTuple):
     """Which attempt an outcome belongs to: the job's run (its re-drive epoch, from 1) and the
     attempt number within that run (from 1). The ledger records an outcome only while the job still

@@ -23,7 +23,7 @@ from controller.core.changes import follow, ignored_message
 from controller.core.scoring import ready_score
 from controller.core.status import status_agrees, status_shows
 from controller.core.transitions import admitted
-from controller.model.jobs import JobRef, JobRow
+from controller.model.jobs import JobRef, JobRow, uid_of
 from controller.model.phases import Phase, Reason
 from controller.model.queues import IMPLICIT, RelayQueueSpec
 from controller.model.spec import DEFAULT_QUEUE, QUEUE_NAME_PATTERN, RelayJobSpec
@@ -80,14 +80,6 @@ def version_key(meta: Mapping[str, Any]) -> tuple[int, str | None]:
 def nothing_to_follow(row: JobRow | Shown, generation: int, redrive: str | None) -> bool:
     """Whether the ledger row already reflects this generation and re-drive value (`_follow`)."""
     return generation <= row.generation and (not redrive or redrive == row.redrive_token)
-
-
-def _uid_of(body: Mapping[str, Any]) -> UUID | None:
-    """The object's uid; None when it has none that parses (the API server always sets one)."""
-    try:
-        return UUID((body.get("metadata") or {})["uid"])
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 def _created(meta: Mapping[str, Any]) -> datetime:
@@ -168,7 +160,7 @@ class Admissions:
         re-drive value, and its status last written by the operator (mostly its own status patch
         coming back through the watch). In memory only: kopf's watch decoding asks it per event."""
         meta = body.get("metadata") or {}
-        uid = _uid_of(body)
+        uid = uid_of(body)
         if uid is None or self._seen.get(uid) != version_key(meta):
             return False
         return not status_written_by_another(meta)
@@ -186,7 +178,7 @@ class Admissions:
         `idle_timeout` after the event, and reads the next page without waiting for them. At
         100,000 finished RelayJobs the list outran the workers by minutes, and the objects
         waiting for one held 800 MiB."""
-        uids = [_uid_of(body) for body in bodies]
+        uids = [uid_of(body) for body in bodies]
         pending: dict[UUID, Mapping[str, Any]] = {}
         done: set[UUID] = set()
         for uid, body in zip(uids, bodies, strict=True):

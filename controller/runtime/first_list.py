@@ -22,16 +22,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
 
+from controller.model.jobs import uid_of
+
 # How long maintenance waits for kopf's first list before listing the cluster itself: a replica on
 # standby (peering) lists nothing until it is active.
 WAIT_SECONDS = 300.0
-
-
-def _uid(item: Any) -> UUID | None:
-    try:
-        return UUID(item["metadata"]["uid"])
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 class FirstList:
@@ -55,7 +50,7 @@ class FirstList:
         building = self._building.get(parts.path)
         if building is None:
             return  # the rest of a list whose first page came before we watched
-        building.update(uid for uid in map(_uid, answer.get("items") or ()) if uid is not None)
+        building.update(uid for uid in map(uid_of, answer.get("items") or ()) if uid is not None)
         if not (answer.get("metadata") or {}).get("continue"):
             self._complete[parts.path] = self._building.pop(parts.path)
             if len(self._complete) >= self.scopes:
