@@ -21,9 +21,12 @@ figures it bounds. It has no executor, so it has no concurrency of its own.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from bench.env import AOF_MODES, BENCH, PEER_PYTHON, PYTHON, Servers, flush_redis, log, run_json
+from bench.processes import SERVER_PIDS_ENV
 from bench.relay_core import LIMITED_PER_SECOND
 
 SYSTEMS = ("relayjob", "bullmq", *(f"bullmq_aof_{mode}" for mode in AOF_MODES), "arq", "saq")
@@ -47,10 +50,20 @@ def _command(system: str, servers: Servers, jobs: int, concurrency: int, dsn: st
     return [PEER_PYTHON, "-m", f"bench.peers.{system}_peer", url, str(jobs), str(concurrency)]
 
 
+def _server_pids(servers: Servers) -> dict[str, str]:
+    """What our drains need to say what each server spent on them (`bench.processes.DrainCpu`)."""
+    pids = {"postgres": servers.postgres.pid, "redis": servers.sandbox.redis.pid}
+    return {SERVER_PIDS_ENV: json.dumps(pids)}
+
+
 def run(servers: Servers, jobs: int, concurrencies: tuple[int, ...], rounds: int) -> dict[str, Any]:
+    """Each system's best rate by concurrency, every run's rate, and for our drains and the floor
+    the CPU per job of each process in their best run (`cpu_ms_per_job`)."""
     by_concurrency: dict[str, dict[str, float]] = {}
     runs: dict[str, dict[str, list[float]]] = {}
     floor: list[float] = []
+    cpu: dict[str, dict[str, dict[str, float]]] = {}
+    best: dict[tuple[str, str], float] = {}
     for concurrency in concurrencies:
         systems = (*SYSTEMS, "floor") if concurrency == concurrencies[0] else SYSTEMS
         seen: dict[str, list[float]] = {s: [] for s in systems}
@@ -58,8 +71,11 @@ def run(servers: Servers, jobs: int, concurrencies: tuple[int, ...], rounds: int
             for system in systems:
                 flush_redis(_redis_url(system, servers))
                 dsn = servers.new_database("core") if system in ("relayjob", "floor") else ""
+                env = _server_pids(servers) if dsn else None
                 try:
-                    figures = run_json(_command(system, servers, jobs, concurrency, dsn), timeout=900)
+                    figures = run_json(
+                        _command(system, servers, jobs, concurrency, dsn), timeout=900, env=env
+                    )
                 finally:
                     if dsn:
                         servers.drop_database(dsn)
@@ -67,6 +83,10 @@ def run(servers: Servers, jobs: int, concurrencies: tuple[int, ...], rounds: int
                     raise RuntimeError(f"{system} finished only {figures['jobs']} of {jobs} jobs")
                 rate = float(figures["jobs_per_s"])
                 seen[system].append(rate)
+                key = ("floor" if system == "floor" else str(concurrency), system)
+                if "cpu_ms_per_job_by_process" in figures and rate > best.get(key, 0.0):
+                    best[key] = rate
+                    cpu.setdefault(key[0], {})[system] = figures["cpu_ms_per_job_by_process"]
                 log(
                     f"core c={concurrency} round {round_no + 1}/{rounds}: {system:19s} {rate:8.0f} jobs/s"
                     f" ({figures['seconds']:.2f}s)"
@@ -81,7 +101,13 @@ def run(servers: Servers, jobs: int, concurrencies: tuple[int, ...], rounds: int
         "by_concurrency": by_concurrency,
         "runs": runs,
         "rounds": rounds,
-        "floor": {"jobs_per_s": round(max(floor), 1), "runs": [round(x, 1) for x in floor]},
+        "floor": {
+            "jobs_per_s": round(max(floor), 1),
+            "runs": [round(x, 1) for x in floor],
+            "cpu_ms_per_job": cpu.pop("floor", {}).get("floor", {}),
+        },
+        "cpu_ms_per_job": cpu,
+        "cores": os.cpu_count(),
     }
 
 

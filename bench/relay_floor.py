@@ -12,7 +12,9 @@ So this is what PostgreSQL and Redis on this machine allow a durable ledger with
 if the operator's own per-job work cost nothing. Beside the operator's figure it splits the gap
 to a peer in two: what the storage costs, and what our Python costs.
 
-Prints one JSON line: {"peer": "floor", "jobs", "seconds", "jobs_per_s", "lanes", "batch"}.
+Prints one JSON line: {"peer": "floor", "jobs", "seconds", "jobs_per_s", "cpu_ms_per_job_by_process",
+"lanes", "batch"}: CPU ms per job of this process ("client") and of the servers `bench.core` names
+(`bench.processes.DrainCpu`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 import time
 from typing import Any
 
+from bench.processes import DrainCpu
 from bench.relay_core import AcceptingCluster, check_drained, run_as_operator, seed
 from controller.adapters.ledger import SQL, OutcomeRecord, record_arguments, start_arguments
 from controller.model.jobs import FencingToken
@@ -66,9 +69,12 @@ async def main(redis_url: str, database_url: str, jobs: int, lanes: int, batch: 
 
     try:
         await seed(app, cluster, jobs)
+        cpu = DrainCpu()
+        cpu.start()
         began = time.perf_counter()
         await asyncio.gather(*(lane() for _ in range(lanes)))
         seconds = time.perf_counter() - began
+        cpu_ms = cpu.stop(jobs)
         await check_drained(app, jobs)
     finally:
         await app.close()
@@ -79,6 +85,7 @@ async def main(redis_url: str, database_url: str, jobs: int, lanes: int, batch: 
         "jobs": jobs,
         "seconds": seconds,
         "jobs_per_s": jobs / seconds,
+        "cpu_ms_per_job_by_process": cpu_ms,
         "lanes": lanes,
         "batch": batch,
     }

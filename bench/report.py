@@ -236,9 +236,40 @@ def _core_markdown(core: dict[str, Any], chart_name: str) -> list[str]:
             f" {c10.get('bullmq_aof_always', 0) / floor['jobs_per_s']:.0%}.",
             "",
         ]
+    if core.get("cpu_ms_per_job"):
+        lines += _cpu_markdown(core)
     if "stages" in core:
         lines += _stages_markdown(core["stages"])
     return lines
+
+
+def _cpu_markdown(core: dict[str, Any]) -> list[str]:
+    """What a job cost each process in our best drains and the floor's, and the most the machine's
+    cores allow at that cost; beside it, what BullMQ with AOF always leaves a job at its rate."""
+    cores = int(core.get("cores") or 1)
+    drains = [(f"relayjob, concurrency {c}", by["relayjob"]) for c, by in core["cpu_ms_per_job"].items()]
+    if core.get("floor", {}).get("cpu_ms_per_job"):
+        drains.append(("floor", core["floor"]["cpu_ms_per_job"]))
+    lines = [
+        "CPU per job of each process in the best drain, in ms (PostgreSQL's includes its WAL writer,"
+        " checkpointer and autovacuum meanwhile), and the rate this machine's"
+        f" {cores} cores allow at that cost if nothing else ran ({cores} x 1000 ÷ total):",
+        "",
+        "| drain | worker (floor: its client) | PostgreSQL | Redis | total | cores allow, jobs/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, cpu in drains:
+        total = sum(cpu.values())
+        cells = [f"{cpu.get(p, 0.0):.3f}" for p in ("client", "postgres", "redis")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {total:.3f} | {cores * 1000 / total:,.0f} |")
+    budgets = [
+        f"{cores * 1000 / row['bullmq_aof_always']:.3f} ms at concurrency {c}"
+        for c, row in core["by_concurrency"].items()
+        if row.get("bullmq_aof_always")
+    ]
+    if budgets:
+        lines += ["", f"At BullMQ with AOF always's rates a job may cost {' and '.join(budgets)} in all."]
+    return [*lines, ""]
 
 
 def _stages_markdown(profile: dict[str, Any]) -> list[str]:

@@ -142,5 +142,18 @@ def test_the_report_says_when_a_system_was_as_fast_as_the_target_alone() -> None
     assert "reached 100% of what the target served alone (at or above it: the target may be" in text
 
 
+def test_the_core_report_shows_each_process_cpu_per_job_and_what_the_cores_allow() -> None:
+    core = _core(relayjob=3000, aof_always=5000, arq=1000)
+    core["cores"] = 2
+    core["cpu_ms_per_job"] = {"10": {"relayjob": {"client": 0.25, "postgres": 0.2, "redis": 0.05}}}
+    core["floor"] = {"jobs_per_s": 9000.0, "runs": [], "cpu_ms_per_job": {"client": 0.04, "postgres": 0.12}}
+
+    text = markdown({**_header(), "core": core}, "chart.png")
+
+    assert "| relayjob, concurrency 10 | 0.250 | 0.200 | 0.050 | 0.500 | 4,000 |" in text
+    assert "| floor | 0.040 | 0.120 | 0.000 | 0.160 | 12,500 |" in text
+    assert "a job may cost 0.400 ms at concurrency 10 and 0.400 ms at concurrency 100 in all." in text
+
+
 def _header() -> dict[str, Any]:
     return {"mode": "quick", "machine": "test", "when": "now"}
