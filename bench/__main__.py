@@ -29,7 +29,7 @@ from typing import Any
 
 from bench import connections, core, e2e, http_section, report, stages
 from bench import scale as scale_section
-from bench.env import BENCH, PEER_PYTHON, RESULTS, WORK, Servers, log, machine
+from bench.env import BENCH, PEER_PYTHON, RESULTS, WORK, Servers, cpu_ticks, log, machine, steal_share
 
 SECTIONS = ("core", "queues", "http", "e2e", "connections", "memory", "scale")
 # The http section's target answers after this long; every system relays at HTTP_CONCURRENCY.
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     if set(chosen) != {"queues"}:  # the queues section runs us alone: no peers needed
         _check_peers()
-    started = time.monotonic()
+    started, ticks = time.monotonic(), cpu_ticks()
     servers = Servers(kube=bool({"e2e", "memory", "scale"} & set(chosen)), aof="core" in chosen)
     servers.up()
     result: dict[str, Any] = {
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep_servers:
             servers.down()
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["cpu_steal_share"] = steal_share(ticks, cpu_ticks())
     result["bench_seconds"] = round(time.monotonic() - started, 1)
     result["targets"] = report.targets(result)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -185,6 +185,24 @@ def run_json(argv: Sequence[str], timeout: float, env: dict[str, str] | None = N
     return data
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs since boot, from /proc/stat; (0, 0) where there is none.
+    Steal is time the hypervisor ran other guests while ours wanted the CPU: on a shared host it
+    slows every system measured alike."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already counted in user]
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+
+
+def steal_share(began: tuple[int, int], ended: tuple[int, int]) -> float | None:
+    """The share of CPU time stolen between two `cpu_ticks` readings; None when unknown."""
+    total = ended[1] - began[1]
+    return round((ended[0] - began[0]) / total, 3) if total > 0 else None
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:

@@ -286,6 +286,15 @@ def _stages_markdown(profile: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _steal(share: float | None) -> str:
+    if share is None:
+        return ""
+    return (
+        f" CPU steal during the run: {share:.0%} of the CPUs' time went to other guests of the host,"
+        " which slows every system measured alike."
+    )
+
+
 def markdown(result: dict[str, Any], chart_name: str) -> str:
     lines = [
         "# Benchmarks",
@@ -293,7 +302,7 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
         f"`make bench` ({result['mode']} run) on {result['machine']}, {result['when']}.",
         f"Load average at start {result.get('load_average_at_start')}, at end"
         f" {result.get('load_average_at_end')} (the machine is shared; figures are best-of-rounds,"
-        " end to end's the median of its rounds).",
+        " end to end's the median of its rounds)." + _steal(result.get("cpu_steal_share")),
         "Machine-readable: [results/latest.json](results/latest.json). How each figure is measured:"
         " the docstrings of `bench/*.py`.",
         "",

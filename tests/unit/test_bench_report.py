@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.env import steal_share
 from bench.http_section import summarize
 from bench.report import markdown, summary, targets
 
@@ -153,6 +154,15 @@ def test_the_core_report_shows_each_process_cpu_per_job_and_what_the_cores_allow
     assert "| relayjob, concurrency 10 | 0.250 | 0.200 | 0.050 | 0.500 | 4,000 |" in text
     assert "| floor | 0.040 | 0.120 | 0.000 | 0.160 | 12,500 |" in text
     assert "a job may cost 0.400 ms at concurrency 10 and 0.400 ms at concurrency 100 in all." in text
+
+
+def test_the_report_says_how_much_cpu_the_host_stole_during_the_run() -> None:
+    assert steal_share((100, 1000), (350, 2000)) == 0.25
+    assert steal_share((100, 1000), (100, 1000)) is None
+
+    text = markdown({**_header(), "cpu_steal_share": 0.25}, "chart.png")
+
+    assert "CPU steal during the run: 25% of the CPUs' time went to other guests of the host" in text
 
 
 def _header() -> dict[str, Any]:
