@@ -63,10 +63,11 @@ def run(servers: Servers, jobs: int, concurrencies: tuple[int, ...], rounds: int
     runs: dict[str, dict[str, list[float]]] = {}
     floor: list[float] = []
     cpu: dict[str, dict[str, dict[str, float]]] = {}
-    best: dict[tuple[str, str], float] = {}
+    floor_cpu: dict[str, float] = {}
     for concurrency in concurrencies:
         systems = (*SYSTEMS, "floor") if concurrency == concurrencies[0] else SYSTEMS
         seen: dict[str, list[float]] = {s: [] for s in systems}
+        fastest: dict[str, tuple[float, dict[str, float]]] = {}  # system -> (rate, CPU) of its best run
         for round_no in range(rounds):
             for system in systems:
                 flush_redis(_redis_url(system, servers))
@@ -83,10 +84,8 @@ def run(servers: Servers, jobs: int, concurrencies: tuple[int, ...], rounds: int
                     raise RuntimeError(f"{system} finished only {figures['jobs']} of {jobs} jobs")
                 rate = float(figures["jobs_per_s"])
                 seen[system].append(rate)
-                key = ("floor" if system == "floor" else str(concurrency), system)
-                if "cpu_ms_per_job_by_process" in figures and rate > best.get(key, 0.0):
-                    best[key] = rate
-                    cpu.setdefault(key[0], {})[system] = figures["cpu_ms_per_job_by_process"]
+                if "cpu_ms_per_job_by_process" in figures and rate > fastest.get(system, (0.0, {}))[0]:
+                    fastest[system] = (rate, figures["cpu_ms_per_job_by_process"])
                 log(
                     f"core c={concurrency} round {round_no + 1}/{rounds}: {system:19s} {rate:8.0f} jobs/s"
                     f" ({figures['seconds']:.2f}s)"
@@ -94,6 +93,9 @@ def run(servers: Servers, jobs: int, concurrencies: tuple[int, ...], rounds: int
         for url in {servers.redis_url, *(servers.aof_url(mode) for mode in AOF_MODES)}:
             flush_redis(url)
         floor += seen.pop("floor", [])
+        if "floor" in fastest:
+            floor_cpu = fastest.pop("floor")[1]
+        cpu[str(concurrency)] = {system: figures for system, (_, figures) in fastest.items()}
         by_concurrency[str(concurrency)] = {s: round(max(v), 1) for s, v in seen.items()}
         runs[str(concurrency)] = {s: [round(x, 1) for x in v] for s, v in seen.items()}
     return {
@@ -104,7 +106,7 @@ def run(servers: Servers, jobs: int, concurrencies: tuple[int, ...], rounds: int
         "floor": {
             "jobs_per_s": round(max(floor), 1),
             "runs": [round(x, 1) for x in floor],
-            "cpu_ms_per_job": cpu.pop("floor", {}).get("floor", {}),
+            "cpu_ms_per_job": floor_cpu,
         },
         "cpu_ms_per_job": cpu,
         "cores": os.cpu_count(),
