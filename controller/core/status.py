@@ -37,16 +37,24 @@ def _utc(value: datetime) -> str:
 
 
 def conditions_for(row: JobRow, now: datetime) -> list[dict[str, Any]]:
-    """`Succeeded` and `Failed` as batch/v1 Job has them, so `kubectl wait` works the same way:
-    since the job finished (or `now`) once it has, else since it was queued."""
-    if row.phase in (Phase.COMPLETED, Phase.DEAD_LETTERED, Phase.REJECTED):
-        at = _utc(row.finished_at or now)
-    else:
-        at = _utc(row.queued_at or row.created_at)
+    """`Succeeded` and `Failed` as batch/v1 Job has them, so `kubectl wait` works the same way.
+
+    `lastTransitionTime` is when the condition's status last changed (Kubernetes API conventions):
+    the one the outcome made True, since the job finished (or `now`); any other, False since the
+    job was queued (re-driven counts), or created if it never was. The outcome leaves those False,
+    so it does not move their time."""
+    since_queued = _utc(row.queued_at or row.created_at)
     reason = row.reason or row.phase.value
     message = row.message or ""
     return [
-        _condition(ctype, status, reason, message, at, row.generation)
+        _condition(
+            ctype,
+            status,
+            reason,
+            message,
+            _utc(row.finished_at or now) if status == "True" else since_queued,
+            row.generation,
+        )
         for ctype, status in condition_statuses(row.phase).items()
     ]
 

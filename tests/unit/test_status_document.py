@@ -42,6 +42,20 @@ def test_status_of_dead_letter() -> None:
     assert cond["Failed"]["status"] == "True"
 
 
+def test_a_condition_the_outcome_leaves_false_keeps_the_time_it_became_false() -> None:
+    queued, finished = NOW - timedelta(minutes=5), NOW - timedelta(minutes=1)
+    for phase, flipped, unchanged in (
+        (Phase.COMPLETED, "Succeeded", "Failed"),
+        (Phase.DEAD_LETTERED, "Failed", "Succeeded"),
+    ):
+        doc = status_document(row(phase=phase, queued_at=queued, finished_at=finished), NOW)
+        cond = {c["type"]: c for c in doc["conditions"]}
+        assert cond[flipped]["status"] == "True"
+        assert cond[flipped]["lastTransitionTime"] == "2026-11-27T11:59:00Z"
+        assert cond[unchanged]["status"] == "False"
+        assert cond[unchanged]["lastTransitionTime"] == "2026-11-27T11:55:00Z"
+
+
 def test_times_are_rfc3339_utc_seconds_whatever_the_offset() -> None:
     from datetime import timezone
 
