@@ -107,6 +107,13 @@ class Metrics:
         self.status_writes = Counter(
             "relayjob_status_writes_total", "Status patches sent to the API server.", registry=r
         )
+        self.status_lag = Histogram(
+            "relayjob_status_lag_seconds",
+            "Time from a job's change being handed to this process's status writer to the API server"
+            " answering the patch that shows it.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
         self.status_repairs = Counter(
             "relayjob_status_repairs_total",
             "RelayJob statuses found behind the ledger by reconciliation and written again.",

@@ -11,7 +11,10 @@ Guarantees: a job is in at most one batch at a time (two of its documents never 
 to the API server); a batch that fails for a server error keeps its jobs dirty, and no batch starts
 before its pause is over (loop "status": 0.5 s, doubled up to 30 s, once for batches that fail
 together); a patch the API server refuses for good is logged and never retried; `wait_idle`
-returns once no job is dirty or being written.
+returns once no job is dirty or being written. Each patch the API server accepts observes
+`relayjob_status_lag_seconds`: the time since the oldest change it shows was handed over (`mark`
+or `offer`), the quiet time and any retries included, so it measures the contract's "status lags
+by at most a few seconds" as users see it.
 """
 
 from __future__ import annotations
@@ -83,6 +86,10 @@ class StatusWriter:
         self._reading = 0  # batches reading the ledger
         self._throttle = Throttle(0.5, 30.0)  # after a failed flush, no batch starts until it pauses
         self._dirty: dict[UUID, float] = {}  # uid -> when (monotonic) its write is due
+        # uid -> when (monotonic) its oldest change not yet shown was handed over, for
+        # relayjob_status_lag_seconds: `_changed` for dirty jobs, `_sent` for jobs being written.
+        self._changed: dict[UUID, float] = {}
+        self._sent: dict[UUID, float] = {}
         self._rows: dict[UUID, JobRow] = {}  # the newest row the ledger handed us, when we have it
         self._wake = asyncio.Event()
         self._written: dict[UUID, int] = {}
@@ -95,6 +102,7 @@ class StatusWriter:
         for uid in uids:
             self._rows.pop(uid, None)
             self._dirty[uid] = now
+            self._changed.setdefault(uid, now)
         self._kick()
 
     def repair(self, uids: Iterable[UUID]) -> None:
@@ -117,6 +125,7 @@ class StatusWriter:
             self._rows[uid] = row
             due = now + self._quiet_seconds if _about_to_change(row) else now
             self._dirty[uid] = min(due, self._dirty.get(uid, due))
+            self._changed.setdefault(uid, now)
         self._kick()
 
     def _kick(self) -> None:
@@ -166,6 +175,7 @@ class StatusWriter:
                     break
         for uid in batch:
             del self._dirty[uid]
+            self._sent[uid] = self._changed.pop(uid, now)
         self._in_flight.update(batch)
         return batch
 
@@ -201,6 +211,12 @@ class StatusWriter:
             self.mark(batch)
         finally:
             self._in_flight.difference_update(batch)
+            for uid in batch:
+                # Not shown (the write failed, so the job is dirty again): its lag runs on from
+                # the change it was sent for.
+                since = self._sent.pop(uid, None)
+                if since is not None and uid in self._dirty:
+                    self._changed[uid] = min(since, self._changed.get(uid, since))
             self._wake.set()
 
     async def _write_batch(self, batch: list[UUID]) -> None:
@@ -268,6 +284,9 @@ class StatusWriter:
                 log.error("status patch refused: %s", error, extra=job_fields(row.ref))
                 return
         self._metrics.status_writes.inc()
+        since = self._sent.pop(row.ref.uid, None)
+        if since is not None:
+            self._metrics.status_lag.observe(time.monotonic() - since)
         if exists and not row.phase.terminal:
             self._written[row.ref.uid] = row.version
         else:

@@ -145,3 +145,35 @@ async def test_a_newer_transition_recorded_during_the_patch_is_written_after_it(
         writer.cluster.resume("patch_status")
         await writer.idle()
     assert writer.cluster.status[row.ref.uid]["phase"] == "Completed"
+
+
+def _lag(writer: Writer) -> tuple[float, float]:
+    """(patches observed, seconds in all) of relayjob_status_lag_seconds."""
+    samples = {s.name: s.value for m in writer.metrics.status_lag.collect() for s in m.samples}
+    return samples["relayjob_status_lag_seconds_count"], samples["relayjob_status_lag_seconds_sum"]
+
+
+async def test_status_lag_runs_from_the_change_to_the_patch_that_shows_it() -> None:
+    row = job_row(Phase.QUEUED)
+    writer = Writer([row])
+    writer.cluster.hold("patch_status")
+    async with writer.running():
+        await writer.patching(row, 1)
+        await asyncio.sleep(0.2)  # the API server takes its time
+        writer.cluster.resume("patch_status")
+        await writer.idle()
+    count, seconds = _lag(writer)
+    assert count == 1 and seconds >= 0.2
+
+
+async def test_status_lag_of_a_retried_patch_counts_from_the_first_try() -> None:
+    row = job_row(Phase.QUEUED)
+    writer = Writer([row])
+    writer.cluster.fail("patch_status", KubeError(503, "etcd leader changed"))
+    async with writer.running():
+        writer.writer.mark([row.ref.uid])
+        await writer.idle()  # the first patch failed; the writer paused 0.5 s and tried again
+    count, seconds = _lag(writer)
+    assert writer.cluster.calls == ["patch_status", "patch_status"]
+    assert count == 1 and seconds >= 0.5
+    assert not writer.writer._changed and not writer.writer._sent  # nothing kept for written jobs
