@@ -151,6 +151,40 @@ def _mean_seconds(
     return out
 
 
+LAG = "relayjob_status_lag_seconds"
+
+
+def _bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """The q-quantile of a cumulative histogram [(upper bound, count)], interpolated within its
+    bucket as PromQL's histogram_quantile does (the +Inf bucket gives the highest finite bound)."""
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = bound, count
+    return lower
+
+
+def status_lag(metrics: dict[str, float]) -> dict[str, float]:
+    """The operator's own status lag over its life (`relayjob_status_lag_seconds`: a change handed
+    to its status writer → the API server accepting the patch): mean, p50 and p99 in seconds. The
+    rest of "recorded → Completed seen" is the record reaching the writer and the watch delivering
+    the patched object."""
+    prefix = f"{LAG}_bucket{{le="
+    buckets = sorted((float(k[len(prefix) : -1]), v) for k, v in metrics.items() if k.startswith(prefix))
+    count = metrics.get(f"{LAG}_count", 0.0)
+    if not buckets or not count:
+        return {}
+    return {
+        "mean_s": round(metrics[f"{LAG}_sum"] / count, 3),
+        "p50_s": round(_bucket_quantile(buckets, 0.50), 3),
+        "p99_s": round(_bucket_quantile(buckets, 0.99), 3),
+    }
+
+
 async def _legs(dsn: str, namespace: str, tracker: Tracker, names: list[str]) -> dict[str, Any]:
     """Each job's create-to-Completed time cut at the ledger's own timestamps: when admission
     recorded it, and when its outcome was recorded. PostgreSQL runs on this machine, so its clock is
@@ -254,6 +288,7 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
             if v != refused_before.get(k, 0.0)
         },
         "legs": legs,
+        "status_lag": status_lag(metrics),
         "api_server_mean_s": _mean_seconds(timed_before, timed_after),
         "cpu_ms_per_job": {k: round(1000 * (cpu_after[k] - cpu_before[k]) / jobs, 2) for k in cpu_after},
     }
@@ -300,6 +335,9 @@ def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     out["cpu_ms_per_job"] = {
         k: _median([r["cpu_ms_per_job"][k] for r in rounds]) for k in rounds[0]["cpu_ms_per_job"]
     }
+    lags = [r["status_lag"] for r in rounds if r.get("status_lag")]
+    if lags:
+        out["status_lag"] = {k: _median([lag[k] for lag in lags]) for k in lags[0]}
     return out
 
 

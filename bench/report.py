@@ -340,6 +340,15 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
                 f"{name} {legs[k]['p50_s']:.2f} / {legs[k]['p99_s']:.2f} s" for k, name in _LEGS if k in legs
             )
             lines += [f"Where the time goes, cut at the ledger's timestamps (p50 / p99): {cut}.", ""]
+        lag = e2e.get("status_lag")
+        if lag:
+            lines += [
+                "Of the last leg, the operator's own status lag (`relayjob_status_lag_seconds`: a change"
+                " handed to its status writer → the API server accepting the patch) was"
+                f" {lag['p50_s']:.2f} / {lag['p99_s']:.2f} s (p50 / p99, mean {lag['mean_s']:.2f} s);"
+                " the rest is the record reaching the writer and the watch delivering the object.",
+                "",
+            ]
         cpu = e2e.get("cpu_ms_per_job")
         if cpu:
             lines += [

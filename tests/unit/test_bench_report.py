@@ -167,3 +167,20 @@ def test_the_report_says_how_much_cpu_the_host_stole_during_the_run() -> None:
 
 def _header() -> dict[str, Any]:
     return {"mode": "quick", "machine": "test", "when": "now"}
+
+
+def test_status_lag_is_read_from_the_operators_histogram_as_promql_would() -> None:
+    from bench.e2e import status_lag
+
+    key = "relayjob_status_lag_seconds"
+    metrics = {
+        f"{key}_bucket{{le=0.1}}": 0.0,
+        f"{key}_bucket{{le=1.0}}": 50.0,  # half the patches answered within 0.1-1 s
+        f"{key}_bucket{{le=2.5}}": 100.0,
+        f"{key}_bucket{{le=+Inf}}": 100.0,
+        f"{key}_count": 100.0,
+        f"{key}_sum": 120.0,
+    }
+    # histogram_quantile(0.5) = 0.1 + 0.9 * 50/50; (0.99) = 1 + 1.5 * 49/50.
+    assert status_lag(metrics) == {"mean_s": 1.2, "p50_s": 1.0, "p99_s": 2.47}
+    assert status_lag({}) == {}
