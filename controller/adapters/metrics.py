@@ -111,7 +111,10 @@ class Metrics:
             "relayjob_status_lag_seconds",
             "Time from a job's change being handed to this process's status writer to the API server"
             " answering the patch that shows it.",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            # Fine around 1 s: jobs about to change are held back RELAY_STATUS_QUIET_SECONDS (1 s by
+            # default), so many patches land just past it, and a coarse bucket there would show
+            # them at up to 2.5 s once interpolated.
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 1.25, 1.5, 2, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )
         self.status_repairs = Counter(
