@@ -23,6 +23,7 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from controller.adapters import json_guard
+from controller.adapters.executors.retry_after import parse_retry_after
 from controller.model.jobs import JobRef, SecretForbidden, SecretNotFound, SecretUnavailable
 from controller.model.schedules import KIND as SCHEDULE_KIND
 from controller.model.schedules import PLURAL as SCHEDULE_PLURAL
@@ -37,10 +38,31 @@ FIELD_MANAGER = "relayjob-operator"
 
 
 class KubeError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """An API call that failed: `status` is the HTTP status (0: no answer), `body` what the API
+    server said; `retry_after` the seconds it asked the client to wait before trying the same call
+    again, when it asked (see `RETRY_AFTER_TRIES`)."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
         self.body = message
+        self.retry_after = retry_after
+
+
+# A call the API server answers 429 with a Retry-After (API Priority and Fairness shedding load, or
+# a resource whose storage is still initialising) was not carried out: it is sent again after the
+# wait asked for, as client-go does (k8s.io/client-go/rest: checkWait, at most 10 tries); so is a
+# read answered 5xx with a Retry-After. A write answered 5xx may have been carried out, and is left
+# to its caller. Each wait is capped, so that a server asking for long ones hands over to the
+# caller's own backoff instead of holding the call.
+RETRY_AFTER_TRIES = 10
+RETRY_AFTER_MAX_SECONDS = 10.0
+
+
+def _retry_after(method: str, response: aiohttp.ClientResponse) -> float | None:
+    if response.status != 429 and not (method == "GET" and 500 <= response.status <= 599):
+        return None
+    return parse_retry_after(response.headers.get("Retry-After"))
 
 
 def _failed_test(error: KubeError) -> bool:
@@ -169,7 +191,18 @@ class KubeClient:
 
     async def _request(self, method: str, path: str, answer: bool = False, **kwargs: Any) -> Any:
         """One API call, returning the decoded answer when `answer` is true; transport failures
-        surface as KubeError with status 0."""
+        surface as KubeError with status 0. Sent again after a 401 with refreshed credentials,
+        and after each answer asking to retry (`RETRY_AFTER_TRIES`)."""
+        for tries in range(1, RETRY_AFTER_TRIES + 1):
+            try:
+                return await self._send_authenticated(method, path, answer, **kwargs)
+            except KubeError as error:
+                if error.retry_after is None or tries == RETRY_AFTER_TRIES:
+                    raise
+                await asyncio.sleep(min(error.retry_after, RETRY_AFTER_MAX_SECONDS))
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    async def _send_authenticated(self, method: str, path: str, answer: bool, **kwargs: Any) -> Any:
         try:
             return await self._send(method, path, answer, **kwargs)
         except KubeError as error:
@@ -186,7 +219,7 @@ class KubeClient:
             ) as response:
                 if response.status >= 300:
                     body = await response.text()
-                    raise KubeError(response.status, body[:2000])
+                    raise KubeError(response.status, body[:2000], _retry_after(method, response))
                 if answer and response.content_type == "application/json":
                     # A list of RelayJobs holds their managedFields, as deep as any payload.
                     return await response.json(loads=json_guard.loads)
