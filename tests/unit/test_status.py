@@ -111,13 +111,19 @@ async def test_batches_that_fail_together_pause_the_writer_once() -> None:
     assert waited < 1.0, waited
 
 
-async def test_a_patch_the_api_server_may_accept_later_is_tried_again() -> None:
+async def _patch_failing_once() -> tuple[Writer, JobRow]:
+    """A job marked dirty whose first patch meets a 503; returns once the writer is idle again."""
     row = job_row(Phase.QUEUED)
     writer = Writer([row])
     writer.cluster.fail("patch_status", KubeError(503, "etcd leader changed"))
     async with writer.running():
         writer.writer.mark([row.ref.uid])
-        await writer.idle()
+        await writer.idle()  # the writer paused 0.5 s after the failure, and tried again
+    return writer, row
+
+
+async def test_a_patch_the_api_server_may_accept_later_is_tried_again() -> None:
+    writer, row = await _patch_failing_once()
     assert writer.cluster.calls == ["patch_status", "patch_status"]
     assert writer.cluster.status[row.ref.uid]["phase"] == "Queued"
 
@@ -167,13 +173,7 @@ async def test_status_lag_runs_from_the_change_to_the_patch_that_shows_it() -> N
 
 
 async def test_status_lag_of_a_retried_patch_counts_from_the_first_try() -> None:
-    row = job_row(Phase.QUEUED)
-    writer = Writer([row])
-    writer.cluster.fail("patch_status", KubeError(503, "etcd leader changed"))
-    async with writer.running():
-        writer.writer.mark([row.ref.uid])
-        await writer.idle()  # the first patch failed; the writer paused 0.5 s and tried again
+    writer, _ = await _patch_failing_once()
     count, seconds = _lag(writer)
-    assert writer.cluster.calls == ["patch_status", "patch_status"]
     assert count == 1 and seconds >= 0.5
     assert not writer.writer._changed and not writer.writer._sent  # nothing kept for written jobs
