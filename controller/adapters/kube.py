@@ -189,15 +189,17 @@ class KubeClient:
     async def close(self) -> None:
         await self._session.close()
 
-    async def _request(self, method: str, path: str, answer: bool = False, **kwargs: Any) -> Any:
+    async def _request(
+        self, method: str, path: str, answer: bool = False, tries: int = RETRY_AFTER_TRIES, **kwargs: Any
+    ) -> Any:
         """One API call, returning the decoded answer when `answer` is true; transport failures
         surface as KubeError with status 0. Sent again after a 401 with refreshed credentials,
-        and after each answer asking to retry (`RETRY_AFTER_TRIES`)."""
-        for tries in range(1, RETRY_AFTER_TRIES + 1):
+        and after each answer asking to retry, `tries` times in all (`RETRY_AFTER_TRIES`)."""
+        for tried in range(1, tries + 1):
             try:
                 return await self._send_authenticated(method, path, answer, **kwargs)
             except KubeError as error:
-                if error.retry_after is None or tries == RETRY_AFTER_TRIES:
+                if error.retry_after is None or tried == tries:
                     raise
                 await asyncio.sleep(min(error.retry_after, RETRY_AFTER_MAX_SECONDS))
         raise AssertionError("unreachable: the last try returns or raises")
@@ -266,8 +268,9 @@ class KubeClient:
         return True
 
     async def ping(self) -> None:
-        """Raise KubeError unless the API server answers its readiness endpoint."""
-        await self._request("GET", "/readyz", timeout=aiohttp.ClientTimeout(total=2))
+        """Raise KubeError unless the API server answers its readiness endpoint, now: a readiness
+        check reports what it finds rather than wait out a Retry-After."""
+        await self._request("GET", "/readyz", tries=1, timeout=aiohttp.ClientTimeout(total=2))
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """Any other API call, by path, with aiohttp's request arguments (`json`, `params`,

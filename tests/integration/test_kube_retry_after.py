@@ -111,3 +111,15 @@ async def test_retries_stop_after_the_last_try_and_long_waits_are_capped(
     assert raised.value.status == 429 and raised.value.retry_after == 3600
     assert len(api.calls) == kube.RETRY_AFTER_TRIES
     assert time.monotonic() - began < 5
+
+
+async def test_a_readiness_check_reports_a_busy_api_server_at_once(
+    server: tuple[ApiServer, KubeClient],
+) -> None:
+    api, client = server
+    api.answer = lambda _: busy("5", status=503)
+    began = time.monotonic()
+    with pytest.raises(KubeError) as raised:
+        await client.ping()
+    assert raised.value.status == 503 and api.calls == ["GET"]
+    assert time.monotonic() - began < 1
