@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.env import steal_share
+from bench.histograms import status_lag
 from bench.http_section import summarize
 from bench.report import markdown, summary, targets
 
@@ -170,8 +171,6 @@ def _header() -> dict[str, Any]:
 
 
 def test_status_lag_is_read_from_the_operators_histogram_as_promql_would() -> None:
-    from bench.e2e import status_lag
-
     key = "relayjob_status_lag_seconds"
     metrics = {
         f"{key}_bucket{{le=0.1}}": 0.0,
