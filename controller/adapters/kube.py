@@ -195,14 +195,15 @@ class KubeClient:
         """One API call, returning the decoded answer when `answer` is true; transport failures
         surface as KubeError with status 0. Sent again after a 401 with refreshed credentials,
         and after each answer asking to retry, `tries` times in all (`RETRY_AFTER_TRIES`)."""
-        for tried in range(1, tries + 1):
+        tried = 0
+        while True:
+            tried += 1
             try:
                 return await self._send_authenticated(method, path, answer, **kwargs)
             except KubeError as error:
-                if error.retry_after is None or tried == tries:
+                if error.retry_after is None or tried >= tries:
                     raise
                 await asyncio.sleep(min(error.retry_after, RETRY_AFTER_MAX_SECONDS))
-        raise AssertionError("unreachable: the last try returns or raises")
 
     async def _send_authenticated(self, method: str, path: str, answer: bool, **kwargs: Any) -> Any:
         try:
