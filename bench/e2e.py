@@ -8,6 +8,8 @@ creates). Beside it, the physical limit: the rate at which the operator's status
 (`KubeClient.patch_status`), from a process doing nothing else, patches RelayJob status on the same
 API server. The operator authenticates with a ServiceAccount token, as it does in a cluster; the
 bench's own calls go through the operator's client too, with the sandbox's admin certificate.
+After each round, the same measurement with the ideal relay (`bench.ideal`: a watch and one status
+patch per job, nothing durable) in the operator's place: what the machine allows any relay.
 
 memory: RSS of an operator process idle, then with 1,000 and 10,000 RelayJobs created and completed.
 """
@@ -18,6 +20,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import time
 import uuid
 from typing import Any
@@ -49,6 +52,7 @@ from devtools.servers import KubeAPIServer
 
 CREATE_CONCURRENCY = 64
 RAW_OBJECTS = 1000  # RelayJobs the raw limits create, then patch: the raw create rate is theirs
+IDEAL_TOKEN_ENV = "RELAY_BENCH_IDEAL_TOKEN"  # how `bench.ideal` gets its token, not on its command line
 
 
 def _operator(servers: Servers, tag: str) -> tuple[Operator, str]:
@@ -178,18 +182,70 @@ async def _legs(dsn: str, namespace: str, tracker: Tracker, names: list[str]) ->
     }
 
 
-async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
+class IdealRelay:
+    """`bench.ideal` in a process of its own, started and stopped as the operator is."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, server: KubeAPIServer, token: str, namespace: str, version: str) -> None:
+        argv = [PYTHON, "-m", "bench.ideal", server.url, str(server.pki.ca_cert), namespace, version]
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, IDEAL_TOKEN_ENV: token})
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+async def _start_relay(
+    operator: Operator | None, relay: IdealRelay, api: KubeClient, server: KubeAPIServer, namespace: str
+) -> tuple[str, int]:
+    """Start the operator, or when there is none the ideal relay, on `namespace`: the list version
+    from which the bench's watch starts, and the relay's pid."""
+    if operator is not None:
+        await _start(operator, api, server, namespace)
+        return await list_version(api, namespace), operator.pid
+    await create_namespace(api, namespace)
+    token = await service_account_token(api, namespace)
+    version = await list_version(api, namespace)
+    relay.start(server, token, namespace, version)
+    return version, relay.pid
+
+
+def _processes(servers: Servers, relay: str, pid: int) -> dict[str, int | None]:
+    """Every process a job passes through, by name: on a machine they saturate, each one's CPU per
+    job is CPU the API server does not get."""
+    return {
+        relay: pid,
+        "kube_apiserver": servers.sandbox.apiserver.pid,
+        "etcd": servers.sandbox.etcd.pid,
+        "postgres": servers.postgres.pid,
+        "redis": servers.sandbox.redis.pid,
+    }
+
+
+async def _e2e(servers: Servers, jobs: int, raw_patches: int, ideal: bool = False) -> dict[str, Any]:
+    """One round: the raw limits, then `jobs` RelayJobs relayed by the operator, or with `ideal`
+    by `bench.ideal` (which has no ledger: no legs, no operator metrics)."""
     server = servers.sandbox.apiserver
     raw = await raw_status_patch_rate(
         server, f"bench-raw-{uuid.uuid4().hex[:6]}", objects=RAW_OBJECTS, patches=raw_patches, concurrency=32
     )
     log(f"e2e: raw status patches {raw['per_s']:.0f}/s, raw creates {raw['creates_per_s']:.0f}/s")
-    operator, namespace = _operator(servers, "e2e")
+    operator, namespace = (
+        _operator(servers, "e2e") if not ideal else (None, f"bench-ideal-{uuid.uuid4().hex[:8]}")
+    )
+    relay = IdealRelay()
     api = client(admin(server), connections=CREATE_CONCURRENCY)
     tracker = Tracker()
     try:
-        await _start(operator, api, server, namespace)
-        version = await list_version(api, namespace)
+        version, relay_pid = await _start_relay(operator, relay, api, server, namespace)
         watcher = asyncio.create_task(tracker.follow(server, namespace, version))
         # One job through first: the clock measures an operator that is running, not kopf's first
         # list of a resource whose watch cache is still initialising on a just-started API server.
@@ -198,7 +254,7 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
         before = write_counts(server)
         refused_before = refusals(server)
         timed_before = request_seconds(server)
-        processes = {"operator": operator.pid, "kube_apiserver": server.pid}
+        processes = _processes(servers, "operator" if operator is not None else "ideal", relay_pid)
         cpu_before = cpu_seconds(processes)
         names = [f"e2e-{i:05d}" for i in range(jobs)]
         began = await _create_and_wait(api, namespace, names, tracker, timeout=600)
@@ -210,10 +266,15 @@ async def _e2e(servers: Servers, jobs: int, raw_patches: int) -> dict[str, Any]:
         cpu_after = cpu_seconds(processes)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)  # the tracker process is reaped
-        metrics = operator.metric_values()
-        legs = await _legs(operator.env["RELAY_DATABASE_URL"], namespace, tracker, names)
+        metrics: dict[str, float] = {}
+        legs: dict[str, Any] = {}
+        if operator is not None:
+            metrics = operator.metric_values()
+            legs = await _legs(operator.env["RELAY_DATABASE_URL"], namespace, tracker, names)
     finally:
-        operator.stop()
+        if operator is not None:
+            operator.stop()
+        relay.stop()
         await api.close()
     writes = delta(before, after)
     ours = {
@@ -315,6 +376,7 @@ def run_e2e(servers: Servers, jobs: int, raw_patches: int, rounds: int) -> dict[
     us. Every round's figures are kept under `rounds`, with the machine's load average (1, 5 and
     15 minutes) at its start and at its end."""
     kept = []
+    ideal = []
     for round_no in range(rounds):
         load_start = _load_average()
         figures = asyncio.run(_e2e(servers, jobs, raw_patches))
@@ -327,7 +389,17 @@ def run_e2e(servers: Servers, jobs: int, raw_patches: int, rounds: int) -> dict[
             f" load average {load_start} -> {figures['load_average_end']}"
         )
         kept.append(figures)
+        # The ideal relay right after, on the machine as it is now (bench.ideal).
+        best = asyncio.run(_e2e(servers, jobs, raw_patches, ideal=True))
+        log(
+            f"e2e ideal relay {round_no + 1}/{rounds}: {best['jobs_per_s']} jobs/s, p99 {best['p99_s']}s,"
+            f" {best['fraction_of_limit']:.0%} of {best['raw_status_patches_per_s']:.0f}/s"
+        )
+        ideal.append(best)
     out = _medians(kept)
+    ideal_keys = ("jobs_per_s", "p50_s", "p99_s", "api_writes_per_job", "fraction_of_limit")
+    out["ideal"] = {k: v for k, v in _medians(ideal).items() if k in ideal_keys or k == "cpu_ms_per_job"}
+    out["ideal"]["rounds"] = [{k: r[k] for k in (*ideal_keys, "raw_status_patches_per_s")} for r in ideal]
     keys = (
         "jobs_per_s",
         "p50_s",

@@ -330,6 +330,7 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
             f" | {e2e['limit_jobs_per_s']:,.0f} | {e2e['fraction_of_limit']:.0%} |",
             "",
             *_with_creates(e2e),
+            *_ideal(e2e),
             "Operator writes counted by the API server (`apiserver_request_total`, bench creates"
             f" excluded): {writes}.",
             "",
@@ -351,11 +352,9 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
             ]
         cpu = e2e.get("cpu_ms_per_job")
         if cpu:
-            lines += [
-                f"CPU per job during the run: operator {cpu['operator']:.2f} ms,"
-                f" kube-apiserver {cpu['kube_apiserver']:.2f} ms.",
-                "",
-            ]
+            named = {"kube_apiserver": "kube-apiserver", "postgres": "PostgreSQL", "redis": "Redis"}
+            each = ", ".join(f"{named.get(k, k)} {v:.2f} ms" for k, v in cpu.items())
+            lines += [f"CPU per job during the run: {each}.", ""]
         lines += _e2e_rounds(e2e.get("rounds", []))
     conn = result.get("connections")
     if conn:
@@ -474,6 +473,22 @@ def summary(result: dict[str, Any]) -> str:
     for t in result.get("targets", []):
         lines.append(f"{'PASS' if t['met'] else 'MISS'}  {t['target']}: {t['value']} (goal {t['goal']})")
     return "\n".join(lines)
+
+
+def _ideal(e2e: dict[str, Any]) -> list[str]:
+    """What the ideal relay (`bench.ideal`) reached in the same rounds: the machine's ceiling."""
+    ideal = e2e.get("ideal")
+    if not ideal:
+        return []
+    each = ", ".join(f"{r['fraction_of_limit']:.0%}" for r in ideal.get("rounds", []))
+    return [
+        "The ideal relay (`bench.ideal`: a watch and one status patch per job, at once; no ledger,"
+        " no queue, no Events), run right after each round on the same API server, reached"
+        f" {ideal['jobs_per_s']:,.0f} jobs/s, p50 / p99 {ideal['p50_s']:.2f} / {ideal['p99_s']:.2f} s,"
+        f" {ideal['fraction_of_limit']:.0%} of its limit (rounds: {each}): the most any relay"
+        " reaches on this machine while the API server, etcd and the bench's creates share its CPU.",
+        "",
+    ]
 
 
 def _with_creates(e2e: dict[str, Any]) -> list[str]:

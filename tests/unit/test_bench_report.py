@@ -183,3 +183,40 @@ def test_status_lag_is_read_from_the_operators_histogram_as_promql_would() -> No
     # histogram_quantile(0.5) = 0.1 + 0.9 * 50/50; (0.99) = 1 + 1.5 * 49/50.
     assert status_lag(metrics) == {"mean_s": 1.2, "p50_s": 1.0, "p99_s": 2.47}
     assert status_lag({}) == {}
+
+
+def _e2e() -> dict[str, Any]:
+    return {
+        "jobs": 100,
+        "jobs_per_s": 200.0,
+        "p50_s": 1.0,
+        "p99_s": 2.5,
+        "api_writes_per_job": 1.1,
+        "raw_status_patches_per_s": 440.0,
+        "limit_jobs_per_s": 400.0,
+        "fraction_of_limit": 0.5,
+        "api_writes": {"PATCH relayjobs/status": 100.0},
+        "cpu_ms_per_job": {"operator": 2.0, "kube_apiserver": 5.0, "postgres": 1.0},
+    }
+
+
+def test_the_e2e_report_sets_the_ideal_relays_ceiling_and_every_process_cpu_beside_ours() -> None:
+    e2e = _e2e()
+    e2e["ideal"] = {
+        "jobs_per_s": 280.0,
+        "p50_s": 0.8,
+        "p99_s": 1.7,
+        "fraction_of_limit": 0.64,
+        "rounds": [{"fraction_of_limit": 0.64}, {"fraction_of_limit": 0.87}],
+    }
+
+    text = markdown({**_header(), "e2e": e2e}, "chart.png")
+
+    assert "reached 280 jobs/s, p50 / p99 0.80 / 1.70 s, 64% of its limit (rounds: 64%, 87%)" in text
+    assert "CPU per job during the run: operator 2.00 ms, kube-apiserver 5.00 ms, PostgreSQL 1.00 ms." in text
+
+
+def test_an_e2e_result_without_the_ideal_relay_reports_without_it() -> None:
+    text = markdown({**_header(), "e2e": _e2e()}, "chart.png")
+
+    assert "ideal relay" not in text
