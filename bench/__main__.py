@@ -29,7 +29,18 @@ from typing import Any
 
 from bench import connections, core, e2e, http_section, report, stages
 from bench import scale as scale_section
-from bench.env import BENCH, PEER_PYTHON, RESULTS, WORK, Servers, cpu_ticks, log, machine, steal_share
+from bench.env import (
+    BENCH,
+    OPERATOR_SETTINGS,
+    PEER_PYTHON,
+    RESULTS,
+    WORK,
+    Servers,
+    cpu_ticks,
+    log,
+    machine,
+    steal_share,
+)
 
 SECTIONS = ("core", "queues", "http", "e2e", "connections", "memory", "scale")
 # The http section's target answers after this long; every system relays at HTTP_CONCURRENCY.
@@ -95,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     if set(chosen) != {"queues"}:  # the queues section runs us alone: no peers needed
         _check_peers()
+    for name, value in OPERATOR_SETTINGS.items():
+        os.environ.setdefault(name, value)  # operators and workers inherit the environment
     started, ticks = time.monotonic(), cpu_ticks()
     servers = Servers(kube=bool({"e2e", "memory", "scale"} & set(chosen)), aof="core" in chosen)
     servers.up()
@@ -103,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "operator_settings": {name: os.environ[name] for name in OPERATOR_SETTINGS},
     }
     try:
         _measure(result, servers, chosen, scale, rounds, args.rounds or scale.e2e_rounds)

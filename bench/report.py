@@ -305,6 +305,7 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
         " end to end's the median of its rounds)." + _steal(result.get("cpu_steal_share")),
         "Machine-readable: [results/latest.json](results/latest.json). How each figure is measured:"
         " the docstrings of `bench/*.py`.",
+        *_settings(result.get("operator_settings")),
         "",
     ]
     if "core" in result:
@@ -473,6 +474,14 @@ def summary(result: dict[str, Any]) -> str:
     for t in result.get("targets", []):
         lines.append(f"{'PASS' if t['met'] else 'MISS'}  {t['target']}: {t['value']} (goal {t['goal']})")
     return "\n".join(lines)
+
+
+def _settings(settings: dict[str, str] | None) -> list[str]:
+    """The settings every operator and worker of the run had, beside their defaults."""
+    if not settings:
+        return []
+    each = ", ".join(f"`{k}={v}`" for k, v in settings.items())
+    return [f"Our operators and workers ran with {each} (the ledger is PostgreSQL itself, reached directly)."]
 
 
 def _ideal(e2e: dict[str, Any]) -> list[str]:

@@ -220,3 +220,12 @@ def test_an_e2e_result_without_the_ideal_relay_reports_without_it() -> None:
     text = markdown({**_header(), "e2e": _e2e()}, "chart.png")
 
     assert "ideal relay" not in text
+
+
+def test_the_report_names_the_settings_our_operators_ran_with() -> None:
+    result = {**_header(), "operator_settings": {"RELAY_DB_PREPARED_STATEMENTS": "true"}}
+
+    text = markdown(result, "chart.png")
+
+    assert "Our operators and workers ran with `RELAY_DB_PREPARED_STATEMENTS=true`" in text
+    assert "ran with" not in markdown(_header(), "chart.png")
