@@ -23,6 +23,7 @@ from controller.adapters.kube import Credentials, KubeClient
 from controller.model.jobs import JobRef
 
 CONCURRENCY = 64  # patches in flight, as many as the bench has creates in flight
+TOKEN_ENV = "RELAY_BENCH_IDEAL_TOKEN"  # the ServiceAccount token, kept off the command line
 
 
 async def relay(api: KubeClient, namespace: str, version: str) -> None:
@@ -37,11 +38,13 @@ async def relay(api: KubeClient, namespace: str, version: str) -> None:
             slots.release()
 
     n = 0
+    patched: set[str] = set()  # a relist after a 410 shows jobs again, as MODIFIED
     async for event in watch(api, namespace, version):
         body = event["object"]
-        if event["type"] != "ADDED" or body.get("status"):
-            continue
         meta = body["metadata"]
+        if event["type"] == "DELETED" or body.get("status") or meta["uid"] in patched:
+            continue
+        patched.add(meta["uid"])
         await slots.acquire()
         n += 1
         task = asyncio.create_task(
@@ -52,7 +55,7 @@ async def relay(api: KubeClient, namespace: str, version: str) -> None:
 
 
 async def main(url: str, ca: str, namespace: str, version: str) -> None:
-    token = os.environ["RELAY_BENCH_IDEAL_TOKEN"]
+    token = os.environ[TOKEN_ENV]
     api = client(Credentials(url, ca_path=ca, token=token), connections=CONCURRENCY)
     try:
         await relay(api, namespace, version)
